@@ -1,0 +1,196 @@
+"""The ``regtrack`` command: one program, one subcommand per job, each a thin wrapper.
+
+Heavy libraries (itk, torch) are imported inside the commands so ``regtrack --help`` is quick.
+``main(argv) -> int`` is what tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``regtrack`` command."""
+    main_parser = argparse.ArgumentParser(
+        prog="regtrack",
+        description="Track a tumour through 2D cine-MRI by deformable image registration.",
+    )
+    main_parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ...")
+    commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(commands)
+    _add_track(commands)
+    _add_evaluate(commands)
+    _add_phantom(commands)
+    presets = commands.add_parser("presets", help="list the elastix presets")
+    presets.set_defaults(func=_presets)
+    return main_parser
+
+
+def _add_progress(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_tracking_options(command: argparse.ArgumentParser) -> None:
+    from .parameters import DEFAULT_PRESET
+
+    command.add_argument(
+        "--preset", default=DEFAULT_PRESET,
+        help=f"elastix preset name or parameter file (default {DEFAULT_PRESET}; see `regtrack presets`)",
+    )  # fmt: skip
+    command.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        help="override an elastix parameter, e.g. --set MaximumNumberOfIterations=100,100,100",
+    )  # fmt: skip
+    roi = command.add_mutually_exclusive_group()
+    roi.add_argument("--roi", dest="roi", action="store_true", default=None,
+                     help="restrict the metric to the target's neighbourhood")  # fmt: skip
+    roi.add_argument("--no-roi", dest="roi", action="store_false",
+                     help="use the whole frame (default: decided by target size)")  # fmt: skip
+    command.add_argument("--roi-margin-mm", type=float, default=20.0)
+
+
+def _add_demo(commands) -> None:
+    demo = commands.add_parser(
+        "demo", help="track a generated sequence with known motion and score it"
+    )
+    demo.add_argument("--out", type=Path, default=Path("regtrack-demo"), help="output folder")
+    demo.add_argument("--case", default="lung_slide", help="phantom case name")
+    demo.add_argument("--frames", type=int, default=None, help="number of frames")
+    _add_progress(demo)
+    demo.set_defaults(func=_demo)
+
+
+def _add_track(commands) -> None:
+    track = commands.add_parser(
+        "track",
+        help="propagate frame 0's mask through a sequence",
+        description="INPUT is a TrackRAD case folder, the challenge's /input folder, or a "
+        "sequence file (.mha, .nii.gz, .nrrd) with --mask. A rerun resumes an interrupted run.",
+    )
+    track.add_argument("input", type=Path)
+    track.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
+    track.add_argument("--out", type=Path, required=True, help="output folder")
+    track.add_argument("--output-file", type=Path, help="final masks file (default OUT/output.mha)")
+    _add_tracking_options(track)
+    track.add_argument("--fields", action="store_true", help="also keep displacement fields")
+    track.add_argument("--restart", action="store_true", help="discard a previous run in OUT")
+    _add_progress(track)
+    track.set_defaults(func=_track)
+
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score predictions with the official TrackRAD2025 metrics",
+        description="PRED and GT are mask files (T frames), or folders: PRED holding "
+        "<case>/output.mha or <case>.mha, GT holding TrackRAD case folders.",
+    )
+    evaluate.add_argument("pred", type=Path)
+    evaluate.add_argument("gt", type=Path)
+    evaluate.add_argument("--json", type=Path, help="where to write the scores (default PRED's folder)")
+    evaluate.set_defaults(func=_evaluate)
+
+
+def _add_phantom(commands) -> None:
+    phantom = commands.add_parser(
+        "phantom", help="write synthetic cases with known motion in the TrackRAD layout"
+    )
+    phantom.add_argument("out", type=Path, help="folder to write the case folders into")
+    phantom.add_argument("--case", action="append", help="case name (default: benchmark set)")
+    phantom.add_argument("--frames", type=int, default=None)
+    phantom.set_defaults(func=_phantom)
+
+
+def _settings(args):
+    from .parameters import parameter_overrides_from_strings
+    from .tracking import TrackerSettings
+
+    return TrackerSettings(
+        preset=args.preset, overrides=parameter_overrides_from_strings(args.overrides),
+        roi=args.roi, roi_margin_mm=args.roi_margin_mm,
+    )  # fmt: skip
+
+
+def _track(args) -> int:
+    from .io import read_case
+    from .parameters import load_parameter_maps
+    from .run import track_case
+
+    settings = _settings(args)
+    load_parameter_maps(settings.preset, settings.overrides)  # bad preset: fail before reading
+    case = read_case(args.input, mask=args.mask)
+    output = track_case(
+        case, args.out, settings=settings, output_path=args.output_file,
+        return_fields=args.fields, restart=args.restart, progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluation import evaluate_paths
+
+    scores, table = evaluate_paths(args.pred, args.gt)
+    out = args.json or (args.pred if args.pred.is_dir() else args.pred.parent) / "scores.json"
+    out.write_text(json.dumps(scores, indent=2))
+    print(table)
+    print(f"scores: {out}")
+    return 0
+
+
+def _phantom(args) -> int:
+    from .phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, generate_phantom, write_phantom_case
+
+    specs = {**BENCHMARK_SPECS, **APPEARANCE_SPECS}
+    names = args.case or list(BENCHMARK_SPECS)
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise ValueError(f"unknown phantom case {unknown}; valid names are {sorted(specs)}")
+    for name in names:
+        overrides = {"n_frames": args.frames} if args.frames else {}
+        folder = write_phantom_case(generate_phantom(specs[name], **overrides), args.out)
+        print(folder)
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, case=args.case, n_frames=args.frames, progress=not args.no_progress)
+    print(report)
+    return 0
+
+
+def _presets(args) -> int:
+    from .parameters import DEFAULT_PRESET, available_presets, preset_files
+
+    for name in available_presets():
+        marker = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name}{marker}: {', '.join(str(p) for p in preset_files(name))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``regtrack`` command; returns the exit code (2 for bad input)."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    warnings.simplefilter("default", RuntimeWarning)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"regtrack {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The registration engine over itk-elastix: register a pair, warp a mask, get a field.
+
+Convention (as elastix and ITKElastix Example09): **fixed = the new frame t, moving = frame 0**,
+whose mask is known. Elastix finds T mapping fixed-space points into moving space, so warping
+the frame-0 mask with transformix lands it on frame t. Arrays are numpy (H, W) with
+``spacing_mm`` in (row, col) order; ITK sees them as (x = col, y = row).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .parameters import to_elastix_values
+
+__all__ = [
+    "Registration",
+    "RegistrationError",
+    "displacement_field",
+    "register_pair",
+    "to_itk_image",
+    "warp_mask",
+]
+
+logger = logging.getLogger(__name__)
+
+_ITERATION_LINE = re.compile(r"^(\d+)\t(\S+)", re.MULTILINE)
+
+
+class RegistrationError(RuntimeError):
+    """elastix failed on a pair of images (bad parameter value, too few samples, ...)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The result of one elastix registration.
+
+    Attributes
+    ----------
+    transform_parameters : itk.ParameterObject
+        Elastix transform parameter maps (initial translation first, then each stage);
+        they map fixed-image (frame t) points into moving-image (frame 0) space.
+    metric_value : float
+        Metric value at the last iteration of the last resolution (sampled, as elastix logs it;
+        NaN when elastix logged no iteration).
+    iterations : int
+        Iterations run, summed over resolutions and stages.
+    elapsed_ms : float
+        Wall-clock time of the elastix call.
+    shape : tuple of int
+        (H, W) of the fixed image.
+    spacing_mm : tuple of float
+        (row, col) pixel spacing.
+    """
+
+    transform_parameters: Any
+    metric_value: float
+    iterations: int
+    elapsed_ms: float
+    shape: tuple[int, int]
+    spacing_mm: tuple[float, float]
+
+
+def to_itk_image(array: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0)):
+    """Convert a (H, W) numpy array to a float ``itk.Image`` with the given (row, col) spacing.
+
+    The array is made C-contiguous first: ``itk.image_from_array`` on a strided view builds a
+    scrambled image without complaint.
+    """
+    import itk
+
+    image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+    image.SetSpacing([float(spacing_mm[1]), float(spacing_mm[0])])
+    return image
+
+
+def _translation_map(shape: tuple[int, int], spacing_mm: Sequence[float], shift_mm) -> dict:
+    """An elastix TranslationTransform map over the fixed image's grid; ``shift_mm`` is (row, col)."""
+    rows, cols = shape
+    values = {
+        "Transform": "TranslationTransform",
+        "NumberOfParameters": 2,
+        "TransformParameters": [float(shift_mm[1]), float(shift_mm[0])],
+        "InitialTransformParameterFileName": "NoInitialTransform",
+        "HowToCombineTransforms": "Compose",
+        "FixedImageDimension": 2,
+        "MovingImageDimension": 2,
+        "FixedInternalImagePixelType": "float",
+        "MovingInternalImagePixelType": "float",
+        "Size": [cols, rows],
+        "Index": [0, 0],
+        "Spacing": [float(spacing_mm[1]), float(spacing_mm[0])],
+        "Origin": [0.0, 0.0],
+        "Direction": [1, 0, 0, 1],
+        "UseDirectionCosines": True,
+        "ResampleInterpolator": "FinalBSplineInterpolator",
+        "FinalBSplineInterpolationOrder": 1,
+        "Resampler": "DefaultResampler",
+        "DefaultPixelValue": 0,
+    }
+    return {name: to_elastix_values(value) for name, value in values.items()}
+
+
+def register_pair(
+    fixed: np.ndarray | Sequence[np.ndarray],
+    moving: np.ndarray | Sequence[np.ndarray],
+    parameter_maps,
+    *,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    fixed_mask: np.ndarray | None = None,
+    initial_shift_mm: Sequence[float] | None = None,
+) -> Registration:
+    """Register ``moving`` onto ``fixed`` with elastix.
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (H, W), or list of such arrays
+        The images; a list gives one fixed/moving pair per channel (feature maps), which the
+        parameter maps must match (``MultiMetricMultiResolutionRegistration``, one metric each).
+    parameter_maps : itk.ParameterObject
+        From :func:`regtrack.parameters.load_parameter_maps`.
+    spacing_mm : (float, float)
+        Pixel spacing (row, col) in mm.
+    fixed_mask : ndarray of bool, shape (H, W), optional
+        Region of interest in the fixed image: the metric is sampled only there.
+    initial_shift_mm : (float, float), optional
+        Initial translation (row, col) in mm taking fixed-image points to moving-image points,
+        e.g. (target centroid in frame 0) - (its centroid a frame ago).
+
+    Returns
+    -------
+    Registration
+    """
+    import itk
+
+    fixed_list, moving_list = _as_channels(fixed), _as_channels(moving)
+    shape = fixed_list[0].shape
+    image_type = itk.Image[itk.F, 2]
+    method = itk.ElastixRegistrationMethod[image_type, image_type].New()
+    for fixed_channel, moving_channel in zip(fixed_list, moving_list, strict=True):
+        method.AddFixedImage(to_itk_image(fixed_channel, spacing_mm))
+        method.AddMovingImage(to_itk_image(moving_channel, spacing_mm))
+    method.SetParameterObject(parameter_maps)
+    if fixed_mask is not None:
+        mask_image = itk.image_from_array(np.ascontiguousarray(fixed_mask, dtype=np.uint8))
+        mask_image.SetSpacing([float(spacing_mm[1]), float(spacing_mm[0])])
+        method.SetFixedMask(mask_image)
+    if initial_shift_mm is not None:
+        initial = itk.ParameterObject.New()
+        initial.AddParameterMap(_translation_map(shape, spacing_mm, initial_shift_mm))
+        method.SetInitialTransformParameterObject(initial)
+    with tempfile.TemporaryDirectory(prefix="regtrack-elastix-") as log_dir:
+        method.SetLogToConsole(False)
+        method.SetLogToFile(True)
+        method.SetOutputDirectory(log_dir)
+        start = time.perf_counter()
+        try:
+            method.UpdateLargestPossibleRegion()
+        except RuntimeError as error:
+            log = _read_text(Path(log_dir) / "elastix.log")
+            raise RegistrationError(_elastix_error_summary(log or str(error))) from error
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        metric_value, iterations = _read_log(Path(log_dir) / "elastix.log")
+    return Registration(
+        transform_parameters=method.GetTransformParameterObject(),
+        metric_value=metric_value,
+        iterations=iterations,
+        elapsed_ms=elapsed_ms,
+        shape=tuple(shape),
+        spacing_mm=(float(spacing_mm[0]), float(spacing_mm[1])),
+    )
+
+
+def _as_channels(images) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        return [images]
+    return list(images)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_log(path: Path) -> tuple[float, int]:
+    """Final metric value and iteration count from elastix's iteration table in its log."""
+    rows = _ITERATION_LINE.findall(_read_text(path))
+    if not rows:
+        return float("nan"), 0
+    return float(rows[-1][1]), len(rows)
+
+
+def _elastix_error_summary(text: str) -> str:
+    """The lines of an elastix log or exception that say what went wrong."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if re.search(r"ERROR|Description", ln)] or lines[-3:]
+    return "elastix failed: " + " | ".join(dict.fromkeys(useful))
+
+
+def _transformix_parameters(registration: Registration, interpolation_order: int):
+    import itk
+
+    parameters = itk.ParameterObject.New()
+    source = registration.transform_parameters
+    for index in range(source.GetNumberOfParameterMaps()):
+        parameter_map = source.GetParameterMap(index)
+        parameter_map["FinalBSplineInterpolationOrder"] = to_elastix_values(interpolation_order)
+        parameter_map["DefaultPixelValue"] = ("0",)
+        parameters.AddParameterMap(parameter_map)
+    return parameters
+
+
+def warp_mask(mask: np.ndarray, registration: Registration) -> np.ndarray:
+    """Carry a moving-image (frame 0) mask into fixed-image (frame t) space.
+
+    The mask is resampled with linear interpolation and thresholded at 0.5, which places the
+    boundary with sub-pixel accuracy (nearest neighbour would add up to half a pixel of error).
+
+    Parameters
+    ----------
+    mask : ndarray, shape (H, W)
+        Binary mask on the moving image.
+    registration : Registration
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+    """
+    import itk
+
+    image = to_itk_image(mask.astype(np.float32), registration.spacing_mm)
+    parameters = _transformix_parameters(registration, interpolation_order=1)
+    warped = itk.transformix_filter(image, parameters, log_to_console=False)
+    return np.asarray(itk.array_from_image(warped)) >= 0.5
+
+
+def displacement_field(registration: Registration) -> np.ndarray:
+    """The displacement u(x) (mm, (row, col)) such that fixed point x maps to x + u(x) in moving.
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W, 2)
+    """
+    import itk
+
+    reference = to_itk_image(np.zeros(registration.shape, np.float32), registration.spacing_mm)
+    transformix = itk.TransformixFilter.New(reference)
+    transformix.SetTransformParameterObject(_transformix_parameters(registration, 1))
+    transformix.ComputeDeformationFieldOn()
+    transformix.SetLogToConsole(False)
+    with tempfile.TemporaryDirectory(prefix="regtrack-transformix-") as out_dir:
+        transformix.SetOutputDirectory(out_dir)  # it writes deformationField.mha there
+        transformix.UpdateLargestPossibleRegion()
+        field = transformix.GetOutputDeformationField()
+        xy = np.array(itk.array_from_image(field), dtype=np.float32)
+    return np.ascontiguousarray(xy[..., ::-1])

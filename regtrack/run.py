@@ -1,0 +1,187 @@
+"""Tracking a case on disk: resumable, flushed frame by frame, nothing half-written.
+
+An output folder holds
+- ``run.json``: what was asked (input, preset, overrides, ROI); a rerun must ask the same;
+- ``frames.jsonl``: one record per frame, appended and flushed as each frame is answered;
+- ``masks.partial.npy``: the masks so far (a memory-mapped (T, H, W) uint8 array);
+- ``displacement.partial.npy``: optional (T, H, W, 2) float32 fields, mm (row, col);
+- ``output.mha``: the final masks in the TrackRAD format, written once every frame is done.
+A record is appended only after its mask is on disk, so a crash on frame 900 keeps 0-899 and
+a rerun resumes at frame 900.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .tracking import TrackerSettings, iter_track
+
+__all__ = ["RunFiles", "track_case"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Paths of one run's output folder."""
+
+    directory: Path
+
+    @property
+    def settings(self) -> Path:
+        return self.directory / "run.json"
+
+    @property
+    def records(self) -> Path:
+        return self.directory / "frames.jsonl"
+
+    @property
+    def masks(self) -> Path:
+        return self.directory / "masks.partial.npy"
+
+    @property
+    def fields(self) -> Path:
+        return self.directory / "displacement.partial.npy"
+
+
+def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> dict:
+    preset = settings.preset
+    preset = [str(p) for p in preset] if isinstance(preset, (list, tuple)) else str(preset)
+    return {
+        "case": case.name,
+        "n_frames": int(case.frames.shape[0]),
+        "frame_shape": [int(n) for n in case.frames.shape[1:]],
+        "preset": preset,
+        "overrides": {k: v for k, v in settings.overrides.items()},
+        "roi": settings.roi,
+        "roi_margin_mm": settings.roi_margin_mm,
+        "fields": return_fields,
+    }
+
+
+def _prepare(files: RunFiles, wanted: dict, restart: bool) -> int:
+    """Check an existing run matches ``wanted``; return how many frames are already done."""
+    files.directory.mkdir(parents=True, exist_ok=True)
+    if restart or not files.settings.exists():
+        for path in (files.records, files.masks, files.fields):
+            path.unlink(missing_ok=True)
+        files.settings.write_text(json.dumps(wanted, indent=2, default=str))
+        return 0
+    found = json.loads(files.settings.read_text())
+    if found != json.loads(json.dumps(wanted, default=str)):
+        changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+        raise ValueError(
+            f"{files.directory} holds a run with other settings ({', '.join(changed)} differ); "
+            "pass --restart to start over there, or choose another output folder."
+        )
+    return _frames_done(files)
+
+
+def _frames_done(files: RunFiles) -> int:
+    """Frames 0..n-1 recorded in order (a torn last line from a crash is ignored)."""
+    if not files.records.exists() or not files.masks.exists():
+        return 0
+    done = 0
+    for line in files.records.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record.get("index") != done:
+            break
+        done += 1
+    return done
+
+
+def _open_array(path: Path, shape: tuple[int, ...], dtype, fresh: bool) -> np.ndarray:
+    if fresh or not path.exists():
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def _truncate_records(files: RunFiles, n_done: int) -> None:
+    """Drop any record after the last complete one, so the file stays one line per frame."""
+    if not files.records.exists():
+        return
+    lines = files.records.read_text().splitlines(keepends=True)[:n_done]
+    files.records.write_text("".join(lines))
+
+
+def track_case(
+    case,
+    out_dir: str | os.PathLike,
+    *,
+    settings: TrackerSettings | None = None,
+    output_path: str | os.PathLike | None = None,
+    return_fields: bool = False,
+    restart: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Track a :class:`regtrack.io.Case` into ``out_dir``, resuming an interrupted run.
+
+    Parameters
+    ----------
+    case : regtrack.io.Case
+    out_dir : path
+        Folder for the run's files (see module docstring).
+    settings : TrackerSettings, optional
+    output_path : path, optional
+        Where the final masks go (default ``out_dir/output.mha``).
+    return_fields : bool
+        Also keep each frame's displacement field.
+    restart : bool
+        Discard a previous run in ``out_dir`` instead of resuming it.
+    progress : bool
+        Show a progress bar (tqdm).
+
+    Returns
+    -------
+    Path
+        The written output file.
+    """
+    from .io import write_masks
+
+    settings = settings or TrackerSettings()
+    files = RunFiles(Path(out_dir))
+    n_frames, rows, cols = (int(n) for n in case.frames.shape)
+    done = _prepare(files, _settings_record(case, settings, return_fields), restart)
+    masks = _open_array(files.masks, (n_frames, rows, cols), np.uint8, fresh=done == 0)
+    fields = None
+    if return_fields:
+        fields = _open_array(files.fields, (n_frames, rows, cols, 2), np.float32, done == 0)
+    _truncate_records(files, done)
+    if done < n_frames:
+        if done:
+            logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
+        _run_frames(case, files, settings, masks, fields, done, progress)
+    output = Path(output_path) if output_path else files.directory / "output.mha"
+    write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
+    return output
+
+
+def _run_frames(case, files, settings, masks, fields, done, progress) -> None:
+    from tqdm.auto import tqdm
+
+    results = iter_track(
+        case.frames, case.first_mask, settings=settings, spacing_mm=case.spacing_mm,
+        start=done, previous_mask=masks[done - 1] if done else None,
+        return_fields=fields is not None,
+    )  # fmt: skip
+    bar = tqdm(total=masks.shape[0], initial=done, disable=not progress, unit="frame")
+    with files.records.open("a") as log, bar:
+        for result in results:
+            masks[result.index] = result.mask
+            masks.flush()
+            if fields is not None and result.displacement_mm is not None:
+                fields[result.index] = result.displacement_mm
+                fields.flush()
+            log.write(json.dumps(result.record()) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(source=result.source, ms=f"{result.elapsed_ms:.0f}")

@@ -1,0 +1,347 @@
+"""Offline tracking: propagate the frame-0 mask through a sequence, one registration per frame.
+
+Per frame t: fixed = frame t, moving = frame 0 (no drift), initialised with a translation that
+takes the target from where it was a frame ago back to frame 0 (a fixed-size carry: chaining
+whole elastix transforms makes each frame slower than the last), metric optionally restricted
+to a region of interest around the previous mask, then mask(0) is warped with transformix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .io import as_binary_mask
+from .parameters import DEFAULT_PRESET, load_parameter_maps
+from .registration import RegistrationError, displacement_field, register_pair, warp_mask
+
+__all__ = ["FrameResult", "TrackResult", "TrackerSettings", "check_frames", "iter_track", "track"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How frames are registered; everything but the elastix parameters themselves.
+
+    Attributes
+    ----------
+    preset : str or path or list of paths
+        Elastix preset name from ``parameter_maps/`` or parameter file(s).
+    overrides : dict
+        Elastix parameter overrides, e.g. ``{"MaximumNumberOfIterations": [100, 100, 100]}``.
+    roi : bool or None
+        Restrict the metric to the previous mask dilated by ``roi_margin_mm``. ``None`` (auto)
+        turns it on for targets smaller than ``roi_max_area_mm2``: a small target sliding
+        against the chest wall needs it, a large organ carries its own context.
+    roi_margin_mm : float
+    roi_max_area_mm2 : float
+    min_area_ratio, max_area_ratio : float
+        Quality gate: a registered mask whose area leaves this range (relative to mask 0) is
+        rejected and the previous mask kept.
+    """
+
+    preset: Any = DEFAULT_PRESET
+    overrides: dict = field(default_factory=dict)
+    roi: bool | None = None
+    roi_margin_mm: float = 20.0
+    roi_max_area_mm2: float = 2000.0
+    min_area_ratio: float = 0.4
+    max_area_ratio: float = 2.5
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The answer for one frame.
+
+    ``source`` is "given" (frame 0), "registration", or "previous" (the gate rejected the
+    registration or elastix failed; ``reason`` says why).
+    """
+
+    index: int
+    mask: np.ndarray
+    source: str
+    reason: str = ""
+    metric_value: float = float("nan")
+    iterations: int = 0
+    registration_ms: float = 0.0
+    elapsed_ms: float = 0.0
+    initial_shift_mm: tuple[float, float] = (0.0, 0.0)
+    roi: bool = False
+    displacement_mm: np.ndarray | None = None
+
+    def record(self) -> dict:
+        """The JSON-serialisable per-frame record (no arrays)."""
+        values = asdict(self)
+        del values["mask"], values["displacement_mm"]
+        values["area_px"] = int(self.mask.sum())
+        return values
+
+
+@dataclass
+class TrackResult:
+    """Masks for every frame plus what happened on each.
+
+    Attributes
+    ----------
+    masks : ndarray of uint8, shape (T, H, W)
+    records : list of dict
+        One :meth:`FrameResult.record` per frame.
+    displacement_mm : ndarray of float32, shape (T, H, W, 2), or None
+        Per frame, u(x) in mm (row, col): frame-t point x corresponds to x + u(x) in frame 0.
+    """
+
+    masks: np.ndarray
+    records: list[dict]
+    displacement_mm: np.ndarray | None = None
+
+
+def check_frames(frames) -> tuple[int, tuple[int, int]]:
+    """Validate a (T, H, W) sequence (array or lazy reader); return T and (H, W)."""
+    shape = getattr(frames, "shape", None)
+    if shape is None or len(shape) != 3:
+        found = f"{len(shape)}D" if shape is not None else type(frames).__name__
+        raise ValueError(
+            f"frames must be a (T, H, W) sequence, but it is {found}; "
+            "stack 2D frames with np.stack(frames)."
+        )
+    if shape[0] < 2:
+        raise ValueError(
+            f"frames holds {shape[0]} frame; tracking needs at least 2 (frame 0 with its mask "
+            "and one frame to propagate it to)."
+        )
+    return int(shape[0]), (int(shape[1]), int(shape[2]))
+
+
+def check_frame(frame: np.ndarray, index: int) -> np.ndarray:
+    """Return frame ``index`` as C-contiguous float32, refusing NaN/inf."""
+    frame = np.ascontiguousarray(frame, dtype=np.float32)
+    if not np.isfinite(frame).all():
+        raise ValueError(
+            f"frame {index} contains NaN or inf values; replace them (e.g. np.nan_to_num) "
+            "or drop the frame before tracking."
+        )
+    return frame
+
+
+def check_mask(mask: np.ndarray, frame_shape: tuple[int, int], *, name: str = "first_mask"):
+    """Validate a binary (H, W) mask on the frames' grid; 0/k is converted with a warning."""
+    mask = np.asarray(mask)
+    if mask.shape != frame_shape:
+        raise ValueError(
+            f"{name} has shape {mask.shape} but the frames are {frame_shape}; "
+            "give the mask of frame 0 on the same grid as the frames."
+        )
+    return as_binary_mask(mask, name)
+
+
+def _centroid_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    return np.asarray(ndimage.center_of_mass(mask)) * np.asarray(spacing_mm)
+
+
+def _roi(mask: np.ndarray, margin_mm: float, spacing_mm) -> np.ndarray:
+    """The mask grown by ``margin_mm`` (elliptic structuring element in pixels)."""
+    radius = np.maximum(np.round(margin_mm / np.asarray(spacing_mm)).astype(int), 1)
+    rr, cc = np.ogrid[-radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1]
+    disk = (rr / radius[0]) ** 2 + (cc / radius[1]) ** 2 <= 1
+    return ndimage.binary_dilation(mask, structure=disk)
+
+
+def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> bool:
+    if settings.roi is not None:
+        return settings.roi
+    area_mm2 = first_mask.sum() * spacing_mm[0] * spacing_mm[1]
+    return bool(area_mm2 < settings.roi_max_area_mm2)
+
+
+def _gate(mask: np.ndarray, first_area: int, settings: TrackerSettings) -> str:
+    """Why a registered mask is rejected, or '' when it passes."""
+    area = int(mask.sum())
+    if area == 0:
+        return "registered mask is empty"
+    ratio = area / first_area
+    if not settings.min_area_ratio <= ratio <= settings.max_area_ratio:
+        return f"registered mask area changed x{ratio:.2f} from frame 0"
+    return ""
+
+
+def iter_track(
+    frames,
+    first_mask: np.ndarray,
+    *,
+    settings: TrackerSettings | None = None,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    start: int = 0,
+    previous_mask: np.ndarray | None = None,
+    return_fields: bool = False,
+) -> Iterator[FrameResult]:
+    """Yield one :class:`FrameResult` per frame, from frame ``start`` on.
+
+    Parameters
+    ----------
+    frames : ndarray or lazy reader, shape (T, H, W)
+        The sequence; anything with ``shape`` and ``frames[t] -> (H, W)``.
+    first_mask : ndarray, shape (H, W)
+        The target on frame 0.
+    settings : TrackerSettings, optional
+    spacing_mm : (float, float)
+    start : int
+        First frame to answer (0: frame 0's given mask comes first). A resumed run passes
+        the next frame to do and, as ``previous_mask``, the answer for the frame before it.
+    previous_mask : ndarray of bool, shape (H, W), optional
+        The answer for frame ``start - 1`` (default: ``first_mask``).
+    return_fields : bool
+        Also compute each frame's displacement field.
+    """
+    settings = settings or TrackerSettings()
+    n_frames, frame_shape = check_frames(frames)
+    first_mask = check_mask(first_mask, frame_shape)
+    spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+    parameter_maps = load_parameter_maps(settings.preset, settings.overrides)
+    moving = check_frame(frames[0], 0)
+    _check_parameters(parameter_maps, moving, spacing_mm)
+    use_roi = _use_roi(settings, first_mask, spacing_mm)
+    first_centroid = _centroid_mm(first_mask, spacing_mm)
+    previous = first_mask if previous_mask is None else np.asarray(previous_mask, bool)
+    if start == 0:
+        yield FrameResult(index=0, mask=first_mask, source="given")
+    for index in range(max(start, 1), n_frames):
+        result = _track_frame(
+            check_frame(frames[index], index), moving, first_mask, previous, index,
+            parameter_maps=parameter_maps, settings=settings, spacing_mm=spacing_mm,
+            use_roi=use_roi, first_centroid=first_centroid, return_fields=return_fields,
+        )  # fmt: skip
+        previous = result.mask
+        yield result
+
+
+def _check_parameters(parameter_maps, image: np.ndarray, spacing_mm) -> None:
+    """Run elastix once, one iteration per level, so a bad preset fails before any output."""
+    import itk
+
+    trial = itk.ParameterObject.New()
+    for index in range(parameter_maps.GetNumberOfParameterMaps()):
+        parameter_map = parameter_maps.GetParameterMap(index)
+        levels = len(parameter_map.get("MaximumNumberOfIterations", ("1",)))
+        parameter_map["MaximumNumberOfIterations"] = ("1",) * levels
+        trial.AddParameterMap(parameter_map)
+    try:
+        register_pair(image, image, trial, spacing_mm=spacing_mm)
+    except RegistrationError as error:
+        raise ValueError(
+            f"the elastix parameter maps are not usable: {error}. Check the component names "
+            "and values in the preset or overrides against the elastix manual."
+        ) from error
+
+
+def _track_frame(
+    fixed, moving, first_mask, previous, index, *, parameter_maps, settings, spacing_mm,
+    use_roi, first_centroid, return_fields,
+) -> FrameResult:  # fmt: skip
+    """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
+    start = time.perf_counter()
+    shift = tuple(float(v) for v in first_centroid - _centroid_mm(previous, spacing_mm))
+    fixed_mask = _roi(previous, settings.roi_margin_mm, spacing_mm) if use_roi else None
+    common = {"index": index, "initial_shift_mm": shift, "roi": use_roi}
+    try:
+        registration = register_pair(
+            fixed, moving, parameter_maps, spacing_mm=spacing_mm,
+            fixed_mask=fixed_mask, initial_shift_mm=shift,
+        )  # fmt: skip
+    except RegistrationError as error:
+        return _fallback(previous, str(error), start, **common)
+    mask = warp_mask(first_mask, registration)
+    reason = _gate(mask, int(first_mask.sum()), settings)
+    if reason:
+        return _fallback(previous, reason, start, **common)
+    field_mm = displacement_field(registration) if return_fields else None
+    return FrameResult(
+        mask=mask, source="registration", metric_value=registration.metric_value,
+        iterations=registration.iterations, registration_ms=registration.elapsed_ms,
+        elapsed_ms=(time.perf_counter() - start) * 1e3, displacement_mm=field_mm, **common,
+    )  # fmt: skip
+
+
+def _fallback(previous, reason: str, start: float, **common) -> FrameResult:
+    warnings.warn(
+        f"frame {common['index']}: {reason}; kept the previous frame's mask.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    logger.info("frame %d falls back to the previous mask: %s", common["index"], reason)
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    return FrameResult(
+        mask=previous, source="previous", reason=reason, elapsed_ms=elapsed_ms, **common
+    )
+
+
+def track(
+    frames,
+    first_mask: np.ndarray,
+    *,
+    preset: Any = DEFAULT_PRESET,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    roi: bool | None = None,
+    roi_margin_mm: float = 20.0,
+    return_fields: bool = False,
+    **overrides: Any,
+) -> TrackResult:
+    """Propagate the frame-0 mask to every frame of a sequence.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (T, H, W)
+        The cine-MRI sequence (any real dtype); frame 0 carries the known mask.
+    first_mask : ndarray, shape (H, W)
+        Binary mask of the target on frame 0 (0/1 or bool; 0/255 is converted with a warning).
+    preset : str or path or list of paths
+        Elastix preset from ``parameter_maps/`` (see :func:`regtrack.available_presets`) or
+        elastix parameter file(s).
+    spacing_mm : (float, float)
+        Pixel spacing (row, col) in mm.
+    roi : bool or None
+        Restrict the metric to the neighbourhood of the target; None decides by target size.
+    roi_margin_mm : float
+        Margin of that neighbourhood around the previous frame's mask.
+    return_fields : bool
+        Also return each frame's displacement field (mm).
+    **overrides
+        Elastix parameters to override in every stage, e.g.
+        ``MaximumNumberOfIterations=[100, 100, 100]``.
+
+    Returns
+    -------
+    TrackResult
+        ``masks`` (T, H, W) uint8 0/1 and one record per frame (source, metric value,
+        iterations, milliseconds).
+
+    Examples
+    --------
+    >>> from regtrack.phantom import generate_phantom
+    >>> case = generate_phantom(n_frames=5)
+    >>> result = track(case.frames, case.first_mask)
+    >>> result.masks.shape == case.frames.shape
+    True
+    """
+    settings = TrackerSettings(
+        preset=preset, overrides=overrides, roi=roi, roi_margin_mm=roi_margin_mm
+    )
+    n_frames, frame_shape = check_frames(frames)
+    masks = np.zeros((n_frames, *frame_shape), np.uint8)
+    fields = np.zeros((n_frames, *frame_shape, 2), np.float32) if return_fields else None
+    records = []
+    for result in iter_track(
+        frames, first_mask, settings=settings, spacing_mm=spacing_mm, return_fields=return_fields
+    ):
+        masks[result.index] = result.mask
+        if fields is not None and result.displacement_mm is not None:
+            fields[result.index] = result.displacement_mm
+        records.append(result.record())
+    return TrackResult(masks=masks, records=records, displacement_mm=fields)

@@ -1,0 +1,48 @@
+"""Shared fixtures: sequences with exactly known motion, small enough for fast tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+
+def textured_canvas(size: int = 256, seed: int = 0) -> np.ndarray:
+    """A smooth random texture with structure at several scales (registrable everywhere)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(size, size))
+    canvas = sum(ndimage.gaussian_filter(noise, s) * s for s in (2, 4, 8))
+    return (canvas - canvas.min()).astype(np.float32) * 100
+
+
+def disk(shape, centre, radius) -> np.ndarray:
+    rows, cols = np.indices(shape)
+    return np.hypot(rows - centre[0], cols - centre[1]) <= radius
+
+
+def translated_sequence(shifts, *, shape=(96, 96), radius=10, seed=0):
+    """Frames cut from one canvas at integer shifts (row, col), intensities rescaled per frame,
+    and the exact masks: content (and target) at frame t sit at x + shift_t."""
+    canvas = textured_canvas(256, seed)
+    centre = np.array(shape) // 2
+    top = (256 - np.array(shape)) // 2
+    frames, masks = [], []
+    for t, (dr, dc) in enumerate(shifts):
+        r0, c0 = top[0] - dr, top[1] - dc
+        gain, offset = 1.0 + 0.3 * np.sin(t), 20.0 * np.cos(t)
+        frames.append(canvas[r0 : r0 + shape[0], c0 : c0 + shape[1]] * gain + offset)
+        masks.append(disk(shape, centre + (dr, dc), radius))
+    return np.stack(frames).astype(np.float32), np.stack(masks).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def jump_sequence():
+    """Target jumps 20 px within 4 frames and stays there, plus small breathing."""
+    shifts = [(0, 0), (3, 1), (8, 2), (14, 3), (20, 4), (21, 3), (19, 4), (20, 2)]
+    return translated_sequence(shifts)
+
+
+@pytest.fixture(scope="session")
+def translated():
+    """The :func:`translated_sequence` factory."""
+    return translated_sequence
