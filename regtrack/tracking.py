@@ -161,9 +161,11 @@ def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> b
     return bool(area_mm2 < settings.roi_max_area_mm2)
 
 
-def _gate(mask: np.ndarray, first_area: int, settings: TrackerSettings) -> str:
+def _gate(mask: np.ndarray, metric_value: float, first_area: int, settings) -> str:
     """Why a registered mask is rejected, or '' when it passes."""
     area = int(mask.sum())
+    if not np.isfinite(metric_value):
+        return "elastix reported no finite metric value"
     if area == 0:
         return "registered mask is empty"
     ratio = area / first_area
@@ -258,7 +260,7 @@ def _track_frame(
     except RegistrationError as error:
         return _fallback(previous, str(error), start, **common)
     mask = warp_mask(first_mask, registration)
-    reason = _gate(mask, int(first_mask.sum()), settings)
+    reason = _gate(mask, registration.metric_value, int(first_mask.sum()), settings)
     if reason:
         return _fallback(previous, reason, start, **common)
     field_mm = displacement_field(registration) if return_fields else None
