@@ -69,16 +69,24 @@ class Registration:
     spacing_mm: tuple[float, float]
 
 
-def to_itk_image(array: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0)):
-    """Convert a (H, W) numpy array to a float ``itk.Image`` with the given (row, col) spacing.
+def to_itk_image(
+    array: np.ndarray,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    offset_px: Sequence[int] = (0, 0),
+    dtype=np.float32,
+):
+    """Convert a (H, W) numpy array to an ``itk.Image`` with the given (row, col) spacing.
 
-    The array is made C-contiguous first: ``itk.image_from_array`` on a strided view builds a
-    scrambled image without complaint.
+    ``offset_px`` (row, col) places a crop where it was cut from: pixel (0, 0) of the array
+    lands at the physical position of pixel ``offset_px`` of the full frame. The array is made
+    C-contiguous first: ``itk.image_from_array`` on a strided view builds a scrambled image
+    without complaint.
     """
     import itk
 
-    image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+    image = itk.image_from_array(np.ascontiguousarray(array, dtype=dtype))
     image.SetSpacing([float(spacing_mm[1]), float(spacing_mm[0])])
+    image.SetOrigin([float(offset_px[1] * spacing_mm[1]), float(offset_px[0] * spacing_mm[0])])
     return image
 
 
@@ -115,6 +123,7 @@ def register_pair(
     parameter_maps,
     *,
     spacing_mm: Sequence[float] = (1.0, 1.0),
+    fixed_box: tuple[slice, slice] | None = None,
     fixed_mask: np.ndarray | None = None,
     initial_shift_mm: Sequence[float] | None = None,
 ) -> Registration:
@@ -129,8 +138,12 @@ def register_pair(
         From :func:`regtrack.parameters.load_parameter_maps`.
     spacing_mm : (float, float)
         Pixel spacing (row, col) in mm.
+    fixed_box : (slice, slice), optional
+        Region of interest: the fixed image is cropped to these (row, col) slices, so the
+        metric and the B-spline grid cover only that box (cheaper than a mask, and the
+        target moves free of the structures outside it). Results stay in full-frame space.
     fixed_mask : ndarray of bool, shape (H, W), optional
-        Region of interest in the fixed image: the metric is sampled only there.
+        Fixed-image mask (full frame): the metric is sampled only there.
     initial_shift_mm : (float, float), optional
         Initial translation (row, col) in mm taking fixed-image points to moving-image points,
         e.g. (target centroid in frame 0) - (its centroid a frame ago).
@@ -143,16 +156,16 @@ def register_pair(
 
     fixed_list, moving_list = _as_channels(fixed), _as_channels(moving)
     shape = fixed_list[0].shape
+    box = fixed_box or (slice(0, shape[0]), slice(0, shape[1]))
+    offset = (box[0].start or 0, box[1].start or 0)
     image_type = itk.Image[itk.F, 2]
     method = itk.ElastixRegistrationMethod[image_type, image_type].New()
     for fixed_channel, moving_channel in zip(fixed_list, moving_list, strict=True):
-        method.AddFixedImage(to_itk_image(fixed_channel, spacing_mm))
+        method.AddFixedImage(to_itk_image(fixed_channel[box], spacing_mm, offset))
         method.AddMovingImage(to_itk_image(moving_channel, spacing_mm))
     method.SetParameterObject(parameter_maps)
     if fixed_mask is not None:
-        mask_image = itk.image_from_array(np.ascontiguousarray(fixed_mask, dtype=np.uint8))
-        mask_image.SetSpacing([float(spacing_mm[1]), float(spacing_mm[0])])
-        method.SetFixedMask(mask_image)
+        method.SetFixedMask(to_itk_image(fixed_mask[box], spacing_mm, offset, dtype=np.uint8))
     if initial_shift_mm is not None:
         initial = itk.ParameterObject.New()
         initial.AddParameterMap(_translation_map(shape, spacing_mm, initial_shift_mm))
@@ -210,12 +223,18 @@ def _elastix_error_summary(text: str) -> str:
 def _transformix_parameters(registration: Registration, interpolation_order: int):
     import itk
 
+    rows, cols = registration.shape
+    # Output on the full frame, even when the fixed image was cropped to a region of interest.
+    full_frame = {
+        "Size": [cols, rows], "Index": [0, 0], "Origin": [0.0, 0.0],
+        "FinalBSplineInterpolationOrder": interpolation_order, "DefaultPixelValue": 0,
+    }  # fmt: skip
     parameters = itk.ParameterObject.New()
     source = registration.transform_parameters
     for index in range(source.GetNumberOfParameterMaps()):
         parameter_map = source.GetParameterMap(index)
-        parameter_map["FinalBSplineInterpolationOrder"] = to_elastix_values(interpolation_order)
-        parameter_map["DefaultPixelValue"] = ("0",)
+        for name, value in full_frame.items():
+            parameter_map[name] = to_elastix_values(value)
         parameters.AddParameterMap(parameter_map)
     return parameters
 

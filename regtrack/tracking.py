@@ -38,7 +38,8 @@ class TrackerSettings:
     overrides : dict
         Elastix parameter overrides, e.g. ``{"MaximumNumberOfIterations": [100, 100, 100]}``.
     roi : bool or None
-        Restrict the metric to the previous mask dilated by ``roi_margin_mm``. ``None`` (auto)
+        Crop frame t to the previous mask's bounding box grown by ``roi_margin_mm``, so the
+        metric and the B-spline grid cover only the target's neighbourhood. ``None`` (auto)
         turns it on for targets smaller than ``roi_max_area_mm2``: a small target sliding
         against the chest wall needs it, a large organ carries its own context.
     roi_margin_mm : float
@@ -146,12 +147,13 @@ def _centroid_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     return np.asarray(ndimage.center_of_mass(mask)) * np.asarray(spacing_mm)
 
 
-def _roi(mask: np.ndarray, margin_mm: float, spacing_mm) -> np.ndarray:
-    """The mask grown by ``margin_mm`` (elliptic structuring element in pixels)."""
-    radius = np.maximum(np.round(margin_mm / np.asarray(spacing_mm)).astype(int), 1)
-    rr, cc = np.ogrid[-radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1]
-    disk = (rr / radius[0]) ** 2 + (cc / radius[1]) ** 2 <= 1
-    return ndimage.binary_dilation(mask, structure=disk)
+def _roi_box(mask: np.ndarray, margin_mm: float, spacing_mm) -> tuple[slice, slice]:
+    """The mask's bounding box grown by ``margin_mm`` on every side, clipped to the frame."""
+    margin = np.ceil(margin_mm / np.asarray(spacing_mm)).astype(int)
+    rows, cols = np.nonzero(mask)
+    low = np.maximum([rows.min(), cols.min()] - margin, 0)
+    high = np.minimum(np.array([rows.max(), cols.max()]) + margin + 1, mask.shape)
+    return slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1]))
 
 
 def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> bool:
@@ -250,12 +252,12 @@ def _track_frame(
     """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
     start = time.perf_counter()
     shift = tuple(float(v) for v in first_centroid - _centroid_mm(previous, spacing_mm))
-    fixed_mask = _roi(previous, settings.roi_margin_mm, spacing_mm) if use_roi else None
+    box = _roi_box(previous, settings.roi_margin_mm, spacing_mm) if use_roi else None
     common = {"index": index, "initial_shift_mm": shift, "roi": use_roi}
     try:
         registration = register_pair(
             fixed, moving, parameter_maps, spacing_mm=spacing_mm,
-            fixed_mask=fixed_mask, initial_shift_mm=shift,
+            fixed_box=box, initial_shift_mm=shift,
         )  # fmt: skip
     except RegistrationError as error:
         return _fallback(previous, str(error), start, **common)

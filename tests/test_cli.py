@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from regtrack.cli import main
+from regtrack.io import write_trackrad_case
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory, jump_sequence):
+    frames, truth = jump_sequence
+    root = tmp_path_factory.mktemp("cases")
+    return write_trackrad_case(root, "P001", frames, truth[0], truth, frame_rate_hz=4.0)
+
+
+def test_presets_lists_the_default(capsys):
+    assert main(["presets"]) == 0
+    assert "bspline_ncc (default)" in capsys.readouterr().out
+
+
+def test_track_writes_the_official_format_then_evaluate_scores_it(case_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["track", str(case_dir), "--out", str(out), "--no-progress"]) == 0
+    output = out / "output.mha"
+    frames_file = next((case_dir / "images").glob("*.mha"))
+    written, source = sitk.ReadImage(str(output)), sitk.ReadImage(str(frames_file))
+    assert written.GetPixelID() == sitk.sitkUInt8
+    assert written.GetSize() == source.GetSize()
+    assert written.GetSpacing() == source.GetSpacing()
+    assert written.GetOrigin() == source.GetOrigin()
+    assert set(np.unique(sitk.GetArrayFromImage(written))) == {0, 1}
+    assert "CompressedData = True" in output.read_bytes()[:2000].decode(errors="replace")
+    records = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
+    assert len(records) == source.GetSize()[0]
+
+    assert main(["evaluate", str(output), str(case_dir), "--json", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "dsc" in printed.lower()
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["per_case"]["P001"]["dsc"] > 0.95
+
+
+def test_rerun_resumes_without_redoing_frames(case_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["track", str(case_dir), "--out", str(out), "--no-progress"]) == 0
+    before = (out / "frames.jsonl").read_text()
+    assert main(["track", str(case_dir), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "frames.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--preset", "nope"], "does not exist"),
+        (["--set", "MaximumNumberOfIteration=3"], "Did you mean"),
+        (["--set", "Metric=NoSuchMetric"], "NoSuchMetric"),
+    ],
+)
+def test_bad_settings_exit_2_with_the_reason(case_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "bad"
+    assert main(["track", str(case_dir), "--out", str(out), "--no-progress", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "output.mha").exists()
+
+
+def test_missing_input_exits_2(tmp_path, capsys):
+    assert main(["track", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_demo_scores_against_ground_truth(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--frames", "12", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "copy first mask" in printed and str(tmp_path) in printed
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    ours = next(v for k, v in scores.items() if k.startswith("regtrack"))
+    assert 0 <= ours["dsc"] <= 1
+    assert (tmp_path / "lung_slide" / "regtrack" / "output.mha").exists()
