@@ -136,6 +136,12 @@ class PhantomSpec:
         Relative change of the tumour cross-section (radius scale within about
         ``1 +- through_plane``, with breathing and slowly over time), plus matching change of
         lobulation and decorrelation of the tumour texture. 0 keeps the cross-section fixed.
+    anatomy_change : float
+        Through-plane change of the anatomy around the tumour: breathing also moves the body
+        across the slice, so vessels and bowel come and go. Each frame blends the frame-0
+        content with that of a neighbouring slice (other vessels, bowel, texture; same organs)
+        by up to this weight, growing with the distance from the frame-0 breathing position.
+        It changes appearance only; the motion and the masks stay exact. 0 for none.
     snr : float
         Mean body signal over the noise standard deviation of the (Rician) noise; ``inf``
         gives no noise.
@@ -167,6 +173,7 @@ class PhantomSpec:
     baseline_shift_frame: int | None = None
     baseline_shift_frames: int = 12
     through_plane: float = 0.1
+    anatomy_change: float = 0.0
     snr: float = 20.0
     bias_strength: float = 0.15
     intensity_drift: float = 0.2
@@ -217,6 +224,8 @@ def _spec_problems(spec: PhantomSpec) -> list[str]:
          f"baseline_shift_frame must be in [0, n_frames), got {spec.baseline_shift_frame}"),
         (0.0 <= spec.through_plane <= 0.5,
          f"through_plane must be in [0, 0.5], got {spec.through_plane}"),
+        (0.0 <= spec.anatomy_change <= 1.0,
+         f"anatomy_change must be in [0, 1], got {spec.anatomy_change}"),
         (spec.snr > 0, f"snr must be > 0 (inf for no noise), got {spec.snr}"),
         (spec.bias_strength >= 0, f"bias_strength must be >= 0, got {spec.bias_strength}"),
         (spec.intensity_drift >= 0, f"intensity_drift must be >= 0, got {spec.intensity_drift}"),
@@ -333,14 +342,16 @@ def generate_phantom(spec: PhantomSpec | None = None, **overrides: Any) -> Phant
     """
     spec = _resolve_spec(spec, overrides)
     geometry = _Geometry(spec.shape)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(5)]
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(6)]
     static, body, cavity_weight = _static_anatomy(geometry, rngs[0])
     content = _content_anatomy(geometry, rngs[1])
     traces, shift_frame = _motion_traces(spec, rngs[2])
     maps = _motion_maps(geometry, rngs[2])
     field_mm = _displacement(maps, traces)
     tumour = _make_tumour(spec, geometry, content, traces[:, 0], rngs[3])
-    images, masks = _render(static, cavity_weight, content, field_mm, tumour)
+    neighbour = _content_anatomy(geometry, rngs[5]) if spec.anatomy_change > 0 else None
+    blend = _anatomy_blend(traces[:, 0], spec)
+    images, masks = _render(static, cavity_weight, (content, neighbour, blend), field_mm, tumour)
     if not masks[0].any():
         raise ValueError(f"PhantomSpec: tumour_position_mm={spec.tumour_position_mm} puts the"
                          " tumour outside the sliding body cavity; move it inside")
@@ -972,9 +983,19 @@ def _tumour_appearance(tumour: _Tumour, dr: np.ndarray, dc: np.ndarray, t: np.nd
 # --------------------------------------------------------------------------------------------
 
 
-def _render(static: np.ndarray, cavity_weight: np.ndarray, content: _Content,
+def _anatomy_blend(breathing_mm: np.ndarray, spec: PhantomSpec) -> np.ndarray:
+    """Per-frame weight of the neighbouring slice: 0 at frame 0's breathing position, up to
+    ``anatomy_change`` a full breathing amplitude away from it."""
+    distance = np.abs(breathing_mm - breathing_mm[0]) / max(spec.breathing_amplitude_mm, 1.0)
+    return (spec.anatomy_change * np.clip(distance, 0.0, 1.0)).astype(np.float32)
+
+
+def _render(static: np.ndarray, cavity_weight: np.ndarray, contents: tuple,
             field_mm: np.ndarray, tumour: _Tumour) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free frames (T, H, W) in [0, 1] and masks (T, H, W) uint8."""
+    """Noise-free frames (T, H, W) in [0, 1] and masks (T, H, W) uint8.
+
+    ``contents`` is (frame-0 content, neighbouring-slice content or None, per-frame blend)."""
+    content, neighbour, blend = contents
     n, height, width = field_mm.shape[:3]
     flat = np.flatnonzero(cavity_weight.ravel() > 0.0)
     rows, cols = np.divmod(flat, width)
@@ -983,6 +1004,8 @@ def _render(static: np.ndarray, cavity_weight: np.ndarray, content: _Content,
     np.subtract(rows + _PAD[0], local[..., 0], out=src[0])
     np.subtract(cols + _PAD[1], local[..., 1], out=src[1])
     values = content.sample_canvas(src)
+    if neighbour is not None:
+        values += blend[:, None] * (neighbour.sample_canvas(src) - values)
     inside = _composite_tumour(values, src, tumour)
     weight = cavity_weight.ravel()[flat].astype(np.float32)
     images = np.empty((n, height * width), dtype=np.float32)
