@@ -28,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     _add_track(commands)
     _add_evaluate(commands)
     _add_phantom(commands)
+    _add_impact(commands)
     presets = commands.add_parser("presets", help="list the elastix presets")
     presets.set_defaults(func=_presets)
     return main_parser
@@ -106,6 +107,47 @@ def _add_phantom(commands) -> None:
     phantom.add_argument("--case", action="append", help="case name (default: benchmark set)")
     phantom.add_argument("--frames", type=int, default=None)
     phantom.set_defaults(func=_phantom)
+
+
+def _add_impact(commands) -> None:
+    impact = commands.add_parser("impact", help="IMPACT feature extractors")
+    actions = impact.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        help="write an extractor as TorchScript (for regtrack or elastix's IMPACT metric)",
+    )
+    export.add_argument("model", help="mind, sam2.1_tiny, sam2.1_small, sam2.1_base_plus, ...")
+    export.add_argument("--out", type=Path, required=True, help="TorchScript file to write")
+    export.add_argument("--native", action="store_true",
+                        help="elastix IMPACT's interface forward(x, nb_layers, stats, direction)")  # fmt: skip
+    export.add_argument("--patch-size", type=int, default=29,
+                        help="native: the ImpactPatchSize the model is traced at")  # fmt: skip
+    export.add_argument("--checkpoint", type=Path, help="SAM2.1 checkpoint (or REGTRACK_SAM2_CHECKPOINT)")
+    export.add_argument("--layers", type=int, nargs="+", help="SAM2.1 stages to return, e.g. 0 1")
+    export.add_argument("--input-size", type=int, help="SAM2.1 encoder input side (default 1024)")
+    export.add_argument("--pca", type=int, help="SAM2.1: channels kept per layer (needs --reference)")
+    export.add_argument("--reference", type=Path, help="image file whose first frame fits the PCA")
+    export.set_defaults(func=_impact_export)
+
+
+def _impact_export(args) -> int:
+    from impact import NativeImpactWrapper, export_torchscript, info_path, load_extractor
+
+    options = {k: v for k, v in (("checkpoint", args.checkpoint), ("layers", args.layers),
+               ("input_size", args.input_size), ("pca_components", args.pca)) if v}  # fmt: skip
+    if args.pca and not args.reference:
+        raise ValueError("--pca needs --reference IMAGE, the frame the PCA is fitted on")
+    extractor = load_extractor(args.model, **options)
+    if args.reference:
+        from .io import FrameReader
+
+        extractor.fit_pca(FrameReader(args.reference)[0])
+    module, shape = extractor, (1, 1, 256, 256)
+    if args.native:
+        module, shape = NativeImpactWrapper(extractor), (1, 1, args.patch_size, args.patch_size)
+    path = export_torchscript(module, args.out, example_shape=shape)
+    print(f"model: {path}\nmetadata: {info_path(path)}")
+    return 0
 
 
 def _settings(args):

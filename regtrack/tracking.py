@@ -18,6 +18,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .features import (
+    NATIVE_IMPACT_MISSING,
+    FeatureExtractor,
+    expand_for_channels,
+    feature_spec,
+    resolve_native_models,
+    uses_native_impact,
+)
 from .io import as_binary_mask
 from .parameters import DEFAULT_PRESET, load_parameter_maps
 from .registration import RegistrationError, displacement_field, register_pair, warp_mask
@@ -73,6 +81,7 @@ class FrameResult:
     metric_value: float = float("nan")
     iterations: int = 0
     registration_ms: float = 0.0
+    feature_ms: float = 0.0
     elapsed_ms: float = 0.0
     initial_shift_mm: tuple[float, float] = (0.0, 0.0)
     roi: bool = False
@@ -207,70 +216,102 @@ def iter_track(
     settings = settings or TrackerSettings()
     n_frames, frame_shape = check_frames(frames)
     first_mask = check_mask(first_mask, frame_shape)
-    spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
-    parameter_maps = load_parameter_maps(settings.preset, settings.overrides)
-    moving = check_frame(frames[0], 0)
-    _check_parameters(parameter_maps, moving, spacing_mm)
-    use_roi = _use_roi(settings, first_mask, spacing_mm)
-    first_centroid = _centroid_mm(first_mask, spacing_mm)
+    engine = _Engine.build(check_frame(frames[0], 0), first_mask, settings, spacing_mm)
     previous = first_mask if previous_mask is None else np.asarray(previous_mask, bool)
     if start == 0:
         yield FrameResult(index=0, mask=first_mask, source="given")
     for index in range(max(start, 1), n_frames):
-        result = _track_frame(
-            check_frame(frames[index], index), moving, first_mask, previous, index,
-            parameter_maps=parameter_maps, settings=settings, spacing_mm=spacing_mm,
-            use_roi=use_roi, first_centroid=first_centroid, return_fields=return_fields,
-        )  # fmt: skip
+        result = engine.track_frame(check_frame(frames[index], index), previous, index,
+                                    return_fields=return_fields)  # fmt: skip
         previous = result.mask
         yield result
 
 
-def _check_parameters(parameter_maps, image: np.ndarray, spacing_mm) -> None:
+@dataclass(frozen=True)
+class _Engine:
+    """What stays fixed over a sequence: parameter maps, frame 0 (or its features), ROI policy."""
+
+    parameter_maps: Any
+    moving: Any  # frame 0, or its feature channels
+    extractor: FeatureExtractor | None
+    first_mask: np.ndarray
+    first_centroid: np.ndarray
+    settings: TrackerSettings
+    spacing_mm: tuple[float, float]
+    use_roi: bool
+
+    @classmethod
+    def build(cls, frame0, first_mask, settings, spacing_mm) -> _Engine:
+        spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        parameter_maps = load_parameter_maps(settings.preset, settings.overrides)
+        if uses_native_impact(parameter_maps):
+            parameter_maps = resolve_native_models(parameter_maps)
+        spec = feature_spec(parameter_maps)
+        extractor = FeatureExtractor(spec, frame0) if spec else None
+        moving = extractor(frame0) if extractor else frame0
+        if extractor:
+            parameter_maps = expand_for_channels(parameter_maps, extractor.weights)
+        _check_parameters(parameter_maps, moving, spacing_mm)
+        return cls(
+            parameter_maps=parameter_maps, moving=moving, extractor=extractor,
+            first_mask=first_mask, first_centroid=_centroid_mm(first_mask, spacing_mm),
+            settings=settings, spacing_mm=spacing_mm,
+            use_roi=_use_roi(settings, first_mask, spacing_mm),
+        )  # fmt: skip
+
+    def track_frame(self, frame, previous, index, *, return_fields=False) -> FrameResult:
+        """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
+        start = time.perf_counter()
+        fixed = self.extractor(frame) if self.extractor else frame
+        feature_ms = (time.perf_counter() - start) * 1e3 if self.extractor else 0.0
+        shift = tuple(
+            float(v) for v in self.first_centroid - _centroid_mm(previous, self.spacing_mm)
+        )
+        box = (
+            _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
+            if self.use_roi
+            else None
+        )
+        common = {"index": index, "initial_shift_mm": shift, "roi": self.use_roi,
+                  "feature_ms": feature_ms}  # fmt: skip
+        try:
+            registration = register_pair(
+                fixed, self.moving, self.parameter_maps, spacing_mm=self.spacing_mm,
+                fixed_box=box, initial_shift_mm=shift,
+            )  # fmt: skip
+        except RegistrationError as error:
+            return _fallback(previous, str(error), start, **common)
+        mask = warp_mask(self.first_mask, registration)
+        reason = _gate(mask, registration.metric_value, int(self.first_mask.sum()), self.settings)
+        if reason:
+            return _fallback(previous, reason, start, **common)
+        field_mm = displacement_field(registration) if return_fields else None
+        return FrameResult(
+            mask=mask, source="registration", metric_value=registration.metric_value,
+            iterations=registration.iterations, registration_ms=registration.elapsed_ms,
+            elapsed_ms=(time.perf_counter() - start) * 1e3, displacement_mm=field_mm, **common,
+        )  # fmt: skip
+
+
+def _check_parameters(parameter_maps, images, spacing_mm) -> None:
     """Run elastix once, one iteration per level, so a bad preset fails before any output."""
     import itk
 
     trial = itk.ParameterObject.New()
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
-        parameter_map = parameter_maps.GetParameterMap(index)
+        parameter_map = dict(parameter_maps.GetParameterMap(index))
         levels = len(parameter_map.get("MaximumNumberOfIterations", ("1",)))
         parameter_map["MaximumNumberOfIterations"] = ("1",) * levels
         trial.AddParameterMap(parameter_map)
     try:
-        register_pair(image, image, trial, spacing_mm=spacing_mm)
+        register_pair(images, images, trial, spacing_mm=spacing_mm)
     except RegistrationError as error:
+        if uses_native_impact(parameter_maps):
+            raise ValueError(NATIVE_IMPACT_MISSING) from error
         raise ValueError(
             f"the elastix parameter maps are not usable: {error}. Check the component names "
             "and values in the preset or overrides against the elastix manual."
         ) from error
-
-
-def _track_frame(
-    fixed, moving, first_mask, previous, index, *, parameter_maps, settings, spacing_mm,
-    use_roi, first_centroid, return_fields,
-) -> FrameResult:  # fmt: skip
-    """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
-    start = time.perf_counter()
-    shift = tuple(float(v) for v in first_centroid - _centroid_mm(previous, spacing_mm))
-    box = _roi_box(previous, settings.roi_margin_mm, spacing_mm) if use_roi else None
-    common = {"index": index, "initial_shift_mm": shift, "roi": use_roi}
-    try:
-        registration = register_pair(
-            fixed, moving, parameter_maps, spacing_mm=spacing_mm,
-            fixed_box=box, initial_shift_mm=shift,
-        )  # fmt: skip
-    except RegistrationError as error:
-        return _fallback(previous, str(error), start, **common)
-    mask = warp_mask(first_mask, registration)
-    reason = _gate(mask, registration.metric_value, int(first_mask.sum()), settings)
-    if reason:
-        return _fallback(previous, reason, start, **common)
-    field_mm = displacement_field(registration) if return_fields else None
-    return FrameResult(
-        mask=mask, source="registration", metric_value=registration.metric_value,
-        iterations=registration.iterations, registration_ms=registration.elapsed_ms,
-        elapsed_ms=(time.perf_counter() - start) * 1e3, displacement_mm=field_mm, **common,
-    )  # fmt: skip
 
 
 def _fallback(previous, reason: str, start: float, **common) -> FrameResult:

@@ -46,3 +46,19 @@ def jump_sequence():
 def translated():
     """The :func:`translated_sequence` factory."""
     return translated_sequence
+
+
+@pytest.fixture(scope="session")
+def random_sam21(tmp_path_factory):
+    """(checkpoint path, model): SAM2.1-tiny with random weights, saved as the official files
+    are (``{"model": state_dict}``). No real checkpoint can be downloaded here; nothing
+    scored with it says anything about accuracy."""
+    pytest.importorskip("sam2", reason="the sam2 package (extra regtrack[sam2]) is not installed")
+    import torch
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+    path = tmp_path_factory.mktemp("sam2") / "random_sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path, model

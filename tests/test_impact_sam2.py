@@ -29,18 +29,6 @@ INPUT_SIZE = 256  # small model input keeps the trunk fast on CPU
 
 
 @pytest.fixture(scope="module")
-def random_sam21(tmp_path_factory):
-    """(checkpoint path, model): SAM2.1-tiny with random weights, saved as the official files."""
-    from sam2.build_sam import build_sam2
-
-    torch.manual_seed(0)
-    model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
-    path = tmp_path_factory.mktemp("sam2") / "random_sam2.1_hiera_tiny.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path, model
-
-
-@pytest.fixture(scope="module")
 def extractor(random_sam21):
     return SAM2HieraFeatures(random_sam21[0], input_size=INPUT_SIZE, device="cpu")
 
