@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 PEERS = ("copy_first_mask", "dis_flow", "tvl1_flow")
-DEFAULT_METHODS = ("regtrack:bspline_ncc", *PEERS)
+DEFAULT_METHODS = ("regtrack:impact_mind", "regtrack:bspline_ncc", "regtrack:bspline_mi", *PEERS)
 
 
 def machine() -> dict:
@@ -92,12 +92,15 @@ def track_copy(frames, first_mask, spacing_mm):
 
 
 def track_regtrack(preset: str):
-    def run(frames, first_mask, spacing_mm):
+    """regtrack with a preset; also reports each frame's feature and registration time."""
+
+    def run(frames, first_mask, spacing_mm, timings):
         from regtrack.tracking import TrackerSettings, iter_track
 
         results = iter_track(frames, first_mask, settings=TrackerSettings(preset=preset),
                              spacing_mm=spacing_mm, start=1)  # fmt: skip
         for result in results:
+            timings.append((result.feature_ms, result.registration_ms))
             yield result.mask
 
     return run
@@ -118,9 +121,11 @@ def run_method(name: str, case) -> dict:
     from regtrack.metrics import evaluate_case
 
     masks = [case.first_mask]
-    seconds = []
+    seconds, timings = [], []
+    method = method_function(name)
+    extra = (timings,) if name.startswith("regtrack:") else ()
     start = time.perf_counter()
-    for mask in method_function(name)(case.frames, case.first_mask, case.spacing_mm):
+    for mask in method(case.frames, case.first_mask, case.spacing_mm, *extra):
         masks.append(mask)
         now = time.perf_counter()
         seconds.append(now - start)
@@ -129,6 +134,11 @@ def run_method(name: str, case) -> dict:
                            scanned_region=_region(case))  # fmt: skip
     scores["s_per_frame_median"] = float(np.median(seconds))
     scores["s_per_frame_mean"] = float(np.mean(seconds))
+    scores["s_per_frame_p95"] = float(np.percentile(seconds, 95))
+    if timings:
+        feature_ms, registration_ms = np.median(timings, axis=0)
+        scores["feature_ms_median"] = float(feature_ms)
+        scores["registration_ms_median"] = float(registration_ms)
     return scores
 
 
@@ -148,28 +158,36 @@ def preset_hashes(methods) -> dict:
     return hashes
 
 
-def format_results(results: dict, metric_names) -> str:
-    """Per-case rows, then the mean over cases, per method."""
-    columns = ["dsc", "centre_distance_mm", "hd95_mm", "masd_mm", "relative_d98",
-               "s_per_frame_median"]  # fmt: skip
-    header = f"{'case':<18}{'method':<24}" + "".join(f"{c[:14]:>15}" for c in columns)
-    lines = [header, "-" * len(header)]
+SUMMARY_COLUMNS = (
+    ("dsc", "DSC", "{:.4f}"), ("centre_distance_mm", "CD mm", "{:.3f}"),
+    ("hd95_mm", "HD95 mm", "{:.2f}"), ("masd_mm", "MASD mm", "{:.3f}"),
+    ("relative_d98", "rel D98", "{:.4f}"), ("s_per_frame_median", "s/frame", "{:.3f}"),
+    ("feature_ms_median", "features ms", "{:.1f}"), ("registration_ms_median", "elastix ms", "{:.0f}"),
+)  # fmt: skip
+
+
+def format_results(results: dict) -> str:
+    """Markdown: mean over cases per method, then DSC / CD per case and method."""
     methods = list(next(iter(results.values())))
-    for case_name, by_method in results.items():
-        for method in methods:
-            row = by_method[method]
-            lines.append(f"{case_name:<18}{method:<24}" + "".join(f"{row[c]:>15.3f}" for c in columns))
-    lines.append("-" * len(header))
+    lines = ["| method | " + " | ".join(t for _, t, _ in SUMMARY_COLUMNS) + " |",
+             "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]  # fmt: skip
     for method in methods:
-        means = [np.mean([results[c][method][k] for c in results]) for k in columns]
-        lines.append(f"{'MEAN':<18}{method:<24}" + "".join(f"{v:>15.3f}" for v in means))
+        cells = []
+        for key, _, fmt in SUMMARY_COLUMNS:
+            values = [results[c][method][key] for c in results if key in results[c][method]]
+            cells.append(fmt.format(np.mean(values)) if values else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "| case | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for case_name, by_method in results.items():
+        cells = [f"{by_method[m]['dsc']:.3f} / {by_method[m]['centre_distance_mm']:.2f}"
+                 for m in methods]  # fmt: skip
+        lines.append(f"| {case_name} (DSC / CD mm) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     from regtrack.phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, generate_phantom
 
-    from regtrack.metrics import METRIC_NAMES
 
     args = _parser().parse_args(argv)
     specs = {"benchmark": BENCHMARK_SPECS, "appearance": APPEARANCE_SPECS,
@@ -184,7 +202,7 @@ def main(argv=None) -> int:
             row = results[case_name][method]
             print(f"{case_name:<18}{method:<24} DSC {row['dsc']:.3f}  CD {row['centre_distance_mm']:.2f} mm"
                   f"  {row['s_per_frame_median'] * 1e3:.0f} ms/frame", flush=True)  # fmt: skip
-    table = format_results(results, METRIC_NAMES)
+    table = format_results(results)
     print(table)
     report = {"benchmark": "accuracy", "cases": args.cases, "machine": machine(),
               "itk_threads": _itk_threads(), "preset_sha256": preset_hashes(methods),

@@ -51,12 +51,21 @@ class FeatureSpec:
         One weight per used layer (``ImpactLayersWeight0``).
     pca_components : int
         Channels kept per layer by PCA fitted on frame 0 (0: all; SAM2.1 models only).
+    image_weight : float
+        Weight of the frames themselves as an extra channel; 0 for features only. A preset
+        asks for it with two metrics, ``(Metric "AdvancedNormalizedCorrelation"
+        "AdvancedMeanSquares")``: the first compares the frames, the second every feature
+        channel, weighted by ``Metric0Weight`` and ``Metric1Weight``.
+    feature_weight : float
+        Total weight of the feature channels.
     """
 
     model: str
     layers: tuple[int, ...] = (0,)
     layer_weights: tuple[float, ...] = (1.0,)
     pca_components: int = 0
+    image_weight: float = 0.0
+    feature_weight: float = 1.0
 
 
 def feature_spec(parameter_maps) -> FeatureSpec | None:
@@ -81,7 +90,18 @@ def feature_spec(parameter_maps) -> FeatureSpec | None:
             f"{len(layers)} layers; give one weight per selected layer."
         )
     pca = int(float(parameter_map.get("ImpactPCA0", ("0",))[0]))
-    return FeatureSpec(model=model, layers=layers, layer_weights=weights, pca_components=pca)
+    metrics = parameter_map.get("Metric", ())
+    image_weight, feature_weight = 0.0, 1.0
+    if len(metrics) == 2:
+        image_weight = float(parameter_map.get("Metric0Weight", ("1",))[0])
+        feature_weight = float(parameter_map.get("Metric1Weight", ("1",))[0])
+    elif len(metrics) != 1:
+        raise ValueError(
+            f"a static-mode preset takes one Metric (for the features) or two (frames, then "
+            f"features), not {len(metrics)}: {metrics}"
+        )
+    return FeatureSpec(model=model, layers=layers, layer_weights=weights, pca_components=pca,
+                       image_weight=image_weight, feature_weight=feature_weight)  # fmt: skip
 
 
 class FeatureExtractor:
@@ -144,7 +164,10 @@ class FeatureExtractor:
 
 
 def expand_for_channels(parameter_maps, weights: list[float]):
-    """A copy of the parameter maps with one metric (and pyramid, ...) per feature channel."""
+    """A copy of the parameter maps with one metric (and pyramid, ...) per channel.
+
+    With two metrics given, the first is for channel 0 (the frames), the second for the rest.
+    """
     import itk
 
     expanded = itk.ParameterObject.New()
@@ -154,7 +177,7 @@ def expand_for_channels(parameter_maps, weights: list[float]):
         for key in _PER_PAIR_KEYS:
             value = parameter_map.get(key)
             if value:
-                parameter_map[key] = (value[0],) * len(weights)
+                parameter_map[key] = (value[0],) + (value[-1],) * (len(weights) - 1)
         for channel, weight in enumerate(weights):
             parameter_map[f"Metric{channel}Weight"] = to_elastix_values(float(weight))
         expanded.AddParameterMap(parameter_map)
