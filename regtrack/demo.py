@@ -29,7 +29,7 @@ def run_demo(
 
     from .evaluation import read_mask_sequence
     from .io import read_case
-    from .metrics import evaluate_case, format_table, summarize
+    from .metrics import evaluate_case, format_table
     from .phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
     from .run import track_case
 
@@ -54,7 +54,7 @@ def run_demo(
     records = [json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines()]
     ms = np.median([r["elapsed_ms"] for r in records if r["source"] != "given"])
     return "\n".join([
-        format_table(per_method, summarize(per_method)),
+        format_table(per_method),
         f"median time per frame: {ms:.0f} ms",
         f"case (TrackRAD layout, with ground truth): {folder}",
         f"predicted masks: {output}",

@@ -153,14 +153,17 @@ class FeatureExtractor:
                 feature_map = F.interpolate(feature_map, size=frame.shape, mode="bilinear",
                                             align_corners=False)  # fmt: skip
             channels.extend(np.ascontiguousarray(feature_map[0].float().cpu().numpy()))
+        if self.spec.image_weight:
+            channels.insert(0, np.ascontiguousarray(frame, np.float32))
         return channels
 
     def _channel_weights(self, reference: np.ndarray) -> list[float]:
-        """Each layer's weight shared equally among its channels."""
+        """Each layer's weight shared equally among its channels (the frame's first, if used)."""
         sizes = [int(m.shape[1]) for m in self._maps(reference)]
-        return [
-            w / n for w, n in zip(self.spec.layer_weights, sizes, strict=True) for _ in range(n)
-        ]
+        total = self.spec.feature_weight
+        weights = [total * w / n for w, n in zip(self.spec.layer_weights, sizes, strict=True)
+                   for _ in range(n)]  # fmt: skip
+        return [self.spec.image_weight, *weights] if self.spec.image_weight else weights
 
 
 def expand_for_channels(parameter_maps, weights: list[float]):

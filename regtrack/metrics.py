@@ -328,7 +328,7 @@ _COLUMNS = (  # (key, header, decimals)
 
 
 def format_table(
-    per_case: dict[str, dict[str, float]], summary: dict[str, dict[str, float]]
+    per_case: dict[str, dict[str, float]], summary: dict[str, dict[str, float]] | None = None
 ) -> str:
     """Fixed-width text table: one row per case, then the mean, std and min rows.
 
@@ -336,8 +336,8 @@ def format_table(
     ----------
     per_case : dict of str to dict
         Case id to the output of :func:`evaluate_case`.
-    summary : dict of str to dict
-        The output of :func:`summarize`.
+    summary : dict of str to dict, optional
+        The output of :func:`summarize`; without it, no summary rows.
 
     Returns
     -------
@@ -350,6 +350,8 @@ def format_table(
     for case_id, values in per_case.items():
         frames = f"{int(values.get('n_frames_scored', 0)):>8d}"
         lines.append(f"{case_id:<{width}}" + _format_values(values) + frames)
+    if summary is None:
+        return "\n".join(lines)
     lines.append("-" * (len(header) + 8))
     for stat in ("mean", "std", "min"):
         values = {name: summary[name][stat] for name in METRIC_NAMES}

@@ -117,3 +117,19 @@ def test_impact_sam2_runs_with_a_checkpoint(random_sam21, monkeypatch, translate
     assert sum(extractor.weights) == pytest.approx(2.0)
     result = regtrack.track(frames, truth[0], preset="impact_sam2")
     assert result.masks.shape == frames.shape and result.records[1]["source"] == "registration"
+
+
+def test_two_metrics_put_the_frame_first_with_its_weight(phantom_pair):
+    case, _ = phantom_pair
+    maps = load_parameter_maps("impact_mind", {
+        "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMeanSquares"],
+        "Metric0Weight": 0.2, "Metric1Weight": 0.8,
+    })  # fmt: skip
+    spec = feature_spec(maps)
+    assert (spec.image_weight, spec.feature_weight) == (0.2, 0.8)
+    extractor = FeatureExtractor(spec, case.frames[0])
+    channels = extractor(case.frames[3])
+    np.testing.assert_array_equal(channels[0], case.frames[3])
+    assert extractor.weights == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2])
+    parameter_map = dict(expand_for_channels(maps, extractor.weights).GetParameterMap(0))
+    assert parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + ("AdvancedMeanSquares",) * 4
