@@ -58,7 +58,7 @@ def test_output_is_one_layer_of_four_channels_at_input_size():
 @pytest.mark.parametrize(("radius", "dilation"), [(1, 2), (2, 1), (0, 3)])
 def test_matches_hand_computed_descriptor(radius, dilation):
     image = _texture(14, 17, seed=3)
-    got = MIND(radius=radius, dilation=dilation)(image)[0][0].double().numpy()
+    got = MIND(radius=radius, dilation=dilation, sigma=0.0)(image)[0][0].double().numpy()
     expected = _mind_reference(image[0, 0].double().numpy(), radius, dilation)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -79,9 +79,9 @@ def test_shifted_image_gives_shifted_descriptors(shift):
     moved = big[:, :, start + dy : start + dy + size, start + dx : start + dx + size]
     mind = MIND(radius=1, dilation=2)
     a, b = mind(crop)[0], mind(moved)[0]
-    # moved[y, x] = crop[y + dy, x + dx], so away from the borders (dilation + radius +
-    # shift) MIND(moved)[y, x] = MIND(crop)[y + dy, x + dx]
-    margin = 2 + 1 + 5
+    # moved[y, x] = crop[y + dy, x + dx], so away from the borders (smoothing half-width +
+    # dilation + radius + shift) MIND(moved)[y, x] = MIND(crop)[y + dy, x + dx]
+    margin = 3 + 2 + 1 + 5
     inner = slice(margin, size - margin)
     rows = slice(margin + dy, size - margin + dy)
     cols = slice(margin + dx, size - margin + dx)
@@ -181,3 +181,19 @@ def test_load_extractor_by_name_and_file(tmp_path):
 def test_export_rejects_bad_example_shape(tmp_path):
     with pytest.raises(ValueError, match="example_shape"):
         export_torchscript(MIND(), tmp_path / "m.pt", example_shape=(1, 3, 32, 32))
+
+
+def test_sigma_smooths_the_image_first():
+    """MIND(sigma) equals classic MIND of the Gaussian-smoothed image (away from borders)."""
+    from scipy import ndimage
+
+    image = _texture(48, 48)
+    smoothed = ndimage.gaussian_filter(image[0, 0].double().numpy(), 1.0, truncate=3.0)
+    smoothed_image = torch.from_numpy(smoothed).float()[None, None]
+    # Min-max scaling inside MIND differs between the two inputs; MIND does not care.
+    got = MIND(sigma=1.0)(image)[0][..., 8:-8, 8:-8]
+    expected = MIND(sigma=0.0)(smoothed_image)[0][..., 8:-8, 8:-8]
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-3)
+    assert not torch.allclose(got, MIND(sigma=0.0)(image)[0][..., 8:-8, 8:-8], atol=1e-2)
+    with pytest.raises(ValueError, match="sigma"):
+        MIND(sigma=-1.0)
