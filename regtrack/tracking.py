@@ -53,8 +53,9 @@ class TrackerSettings:
     roi_margin_mm : float
     roi_max_area_mm2 : float
     min_area_ratio, max_area_ratio : float
-        Quality gate: a registered mask whose area leaves this range (relative to mask 0) is
-        rejected and the previous mask kept.
+        Quality gate: a registered mask whose area leaves this range relative to the previous
+        frame's answer is rejected and the previous mask kept (through-plane motion changes
+        the area slowly; a jump means a failed registration).
     """
 
     preset: Any = DEFAULT_PRESET
@@ -62,8 +63,8 @@ class TrackerSettings:
     roi: bool | None = None
     roi_margin_mm: float = 20.0
     roi_max_area_mm2: float = 2000.0
-    min_area_ratio: float = 0.4
-    max_area_ratio: float = 2.5
+    min_area_ratio: float = 0.5
+    max_area_ratio: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,16 @@ def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> b
     return bool(area_mm2 < settings.roi_max_area_mm2)
 
 
-def _gate(mask: np.ndarray, metric_value: float, first_area: int, settings) -> str:
+def _gate(mask: np.ndarray, metric_value: float, previous_area: int, settings) -> str:
     """Why a registered mask is rejected, or '' when it passes."""
     area = int(mask.sum())
     if not np.isfinite(metric_value):
         return "elastix reported no finite metric value"
     if area == 0:
         return "registered mask is empty"
-    ratio = area / first_area
+    ratio = area / previous_area
     if not settings.min_area_ratio <= ratio <= settings.max_area_ratio:
-        return f"registered mask area changed x{ratio:.2f} from frame 0"
+        return f"registered mask area changed x{ratio:.2f} from the previous frame"
     return ""
 
 
@@ -282,7 +283,7 @@ class _Engine:
         except RegistrationError as error:
             return _fallback(previous, str(error), start, **common)
         mask = warp_mask(self.first_mask, registration)
-        reason = _gate(mask, registration.metric_value, int(self.first_mask.sum()), self.settings)
+        reason = _gate(mask, registration.metric_value, int(previous.sum()), self.settings)
         if reason:
             return _fallback(previous, reason, start, **common)
         field_mm = displacement_field(registration) if return_fields else None

@@ -76,5 +76,7 @@ def test_demo_scores_against_ground_truth(tmp_path, capsys):
     assert "copy first mask" in printed and str(tmp_path) in printed
     scores = json.loads((tmp_path / "scores.json").read_text())
     ours = next(v for k, v in scores.items() if k.startswith("regtrack"))
-    assert 0 <= ours["dsc"] <= 1
+    copied = next(v for k, v in scores.items() if k.startswith("copy first mask"))
+    assert ours["dsc"] > 0.9 > copied["dsc"]
+    assert ours["centre_distance_mm"] < 1.0 < copied["centre_distance_mm"]
     assert (tmp_path / "lung_slide" / "regtrack" / "output.mha").exists()
