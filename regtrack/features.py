@@ -51,21 +51,23 @@ class FeatureSpec:
         One weight per used layer (``ImpactLayersWeight0``).
     pca_components : int
         Channels kept per layer by PCA fitted on frame 0 (0: all; SAM2.1 models only).
-    image_weight : float
-        Weight of the frames themselves as an extra channel; 0 for features only. A preset
+    image_weight : tuple of float
+        Weight of the frames themselves as an extra channel, one value or one per resolution;
+        empty for features only. A preset
         asks for it with two metrics, ``(Metric "AdvancedNormalizedCorrelation"
         "AdvancedMeanSquares")``: the first compares the frames, the second every feature
         channel, weighted by ``Metric0Weight`` and ``Metric1Weight``.
-    feature_weight : float
-        Total weight of the feature channels.
+    feature_weight : tuple of float
+        Total weight of the feature channels, one value or one per resolution (elastix takes
+        per-resolution metric weights: features can lead at coarse levels, frames at fine).
     """
 
     model: str
     layers: tuple[int, ...] = (0,)
     layer_weights: tuple[float, ...] = (1.0,)
     pca_components: int = 0
-    image_weight: float = 0.0
-    feature_weight: float = 1.0
+    image_weight: tuple[float, ...] = ()
+    feature_weight: tuple[float, ...] = (1.0,)
 
 
 def feature_spec(parameter_maps) -> FeatureSpec | None:
@@ -91,10 +93,10 @@ def feature_spec(parameter_maps) -> FeatureSpec | None:
         )
     pca = int(float(parameter_map.get("ImpactPCA0", ("0",))[0]))
     metrics = parameter_map.get("Metric", ())
-    image_weight, feature_weight = 0.0, 1.0
+    image_weight, feature_weight = (), (1.0,)
     if len(metrics) == 2:
-        image_weight = float(parameter_map.get("Metric0Weight", ("1",))[0])
-        feature_weight = float(parameter_map.get("Metric1Weight", ("1",))[0])
+        image_weight = tuple(float(v) for v in parameter_map.get("Metric0Weight", ("1",)))
+        feature_weight = tuple(float(v) for v in parameter_map.get("Metric1Weight", ("1",)))
     elif len(metrics) != 1:
         raise ValueError(
             f"a static-mode preset takes one Metric (for the features) or two (frames, then "
@@ -157,16 +159,17 @@ class FeatureExtractor:
             channels.insert(0, np.ascontiguousarray(frame, np.float32))
         return channels
 
-    def _channel_weights(self, reference: np.ndarray) -> list[float]:
-        """Each layer's weight shared equally among its channels (the frame's first, if used)."""
+    def _channel_weights(self, reference: np.ndarray) -> list[tuple[float, ...]]:
+        """Per channel, its weight at each resolution (or one for all): each layer's weight
+        shared equally among its channels, the frame's own weight first when it is used."""
         sizes = [int(m.shape[1]) for m in self._maps(reference)]
-        total = self.spec.feature_weight
-        weights = [total * w / n for w, n in zip(self.spec.layer_weights, sizes, strict=True)
+        weights = [tuple(total * w / n for total in self.spec.feature_weight)
+                   for w, n in zip(self.spec.layer_weights, sizes, strict=True)
                    for _ in range(n)]  # fmt: skip
         return [self.spec.image_weight, *weights] if self.spec.image_weight else weights
 
 
-def expand_for_channels(parameter_maps, weights: list[float]):
+def expand_for_channels(parameter_maps, weights: list[tuple[float, ...]]):
     """A copy of the parameter maps with one metric (and pyramid, ...) per channel.
 
     With two metrics given, the first is for channel 0 (the frames), the second for the rest.
@@ -182,7 +185,7 @@ def expand_for_channels(parameter_maps, weights: list[float]):
             if value:
                 parameter_map[key] = (value[0],) + (value[-1],) * (len(weights) - 1)
         for channel, weight in enumerate(weights):
-            parameter_map[f"Metric{channel}Weight"] = to_elastix_values(float(weight))
+            parameter_map[f"Metric{channel}Weight"] = to_elastix_values([float(w) for w in weight])
         expanded.AddParameterMap(parameter_map)
     return expanded
 

@@ -40,20 +40,26 @@ def test_layer_weights_must_match_layers():
 
 
 def test_channels_expand_the_per_pair_entries():
-    maps = expand_for_channels(load_parameter_maps("impact_mind"), [0.25] * 4)
-    parameter_map = dict(maps.GetParameterMap(0))
-    assert parameter_map["Metric"] == ("AdvancedMeanSquares",) * 4
-    assert parameter_map["ImageSampler"] == ("RandomCoordinate",) * 4
-    assert [parameter_map[f"Metric{i}Weight"] for i in range(4)] == [("0.25",)] * 4
+    weights = [(0.5,)] + [(0.125,)] * 3 + [(0.1, 0.4)]
+    parameter_map = dict(expand_for_channels(load_parameter_maps("impact_mind"), weights)
+                         .GetParameterMap(0))  # fmt: skip
+    assert parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + (
+        "AdvancedMeanSquares",
+    ) * 4
+    assert parameter_map["ImageSampler"] == ("RandomCoordinate",) * 5
+    assert [parameter_map[f"Metric{i}Weight"] for i in range(5)] == [("0.5",)] + [
+        ("0.125",)
+    ] * 3 + [("0.1", "0.4")]
 
 
 def test_mind_extractor_gives_weighted_channels_on_the_frame_grid(phantom_pair):
     case, _ = phantom_pair
     extractor = FeatureExtractor(feature_spec(load_parameter_maps("impact_mind")), case.frames[0])
     channels = extractor(case.frames[0])
-    assert len(channels) == 4 == len(extractor.weights)
+    assert len(channels) == 5 == len(extractor.weights)  # the frame, then 4 MIND channels
+    np.testing.assert_array_equal(channels[0], case.frames[0])
     assert all(c.shape == case.frames[0].shape and c.dtype == np.float32 for c in channels)
-    assert sum(extractor.weights) == pytest.approx(1.0)
+    assert extractor.weights == [(0.5,)] + [(0.125,)] * 4
 
 
 def test_static_mind_recovers_a_known_deformation_better_than_identity(phantom_pair):
@@ -114,7 +120,7 @@ def test_impact_sam2_runs_with_a_checkpoint(random_sam21, monkeypatch, translate
     maps = load_parameter_maps("impact_sam2")
     extractor = FeatureExtractor(feature_spec(maps), frames[0], device="cpu")
     assert len(extractor(frames[1])) == 8  # two layers x 4 PCA components
-    assert sum(extractor.weights) == pytest.approx(2.0)
+    assert sum(w[0] for w in extractor.weights) == pytest.approx(2.0)
     result = regtrack.track(frames, truth[0], preset="impact_sam2")
     assert result.masks.shape == frames.shape and result.records[1]["source"] == "registration"
 
@@ -123,13 +129,14 @@ def test_two_metrics_put_the_frame_first_with_its_weight(phantom_pair):
     case, _ = phantom_pair
     maps = load_parameter_maps("impact_mind", {
         "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMeanSquares"],
-        "Metric0Weight": 0.2, "Metric1Weight": 0.8,
+        "Metric0Weight": [0.2, 0.6], "Metric1Weight": [0.8, 0.4],
     })  # fmt: skip
     spec = feature_spec(maps)
-    assert (spec.image_weight, spec.feature_weight) == (0.2, 0.8)
+    assert (spec.image_weight, spec.feature_weight) == ((0.2, 0.6), (0.8, 0.4))
     extractor = FeatureExtractor(spec, case.frames[0])
     channels = extractor(case.frames[3])
     np.testing.assert_array_equal(channels[0], case.frames[3])
-    assert extractor.weights == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2])
+    assert extractor.weights[0] == (0.2, 0.6)
+    assert extractor.weights[1:] == [pytest.approx((0.2, 0.1))] * 4
     parameter_map = dict(expand_for_channels(maps, extractor.weights).GetParameterMap(0))
     assert parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + ("AdvancedMeanSquares",) * 4

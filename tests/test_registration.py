@@ -13,7 +13,7 @@ from regtrack.registration import (
 
 @pytest.fixture(scope="module")
 def maps():
-    return load_parameter_maps()
+    return load_parameter_maps("bspline_ncc")
 
 
 def test_recovers_known_shift_under_intensity_rescaling(maps, translated):
@@ -56,7 +56,7 @@ def test_fixed_mask_restricts_the_metric(maps, translated):
 def test_several_channels_register_together(translated):
     frames, masks = translated([(0, 0), (4, -3)])
     gradient = [ndimage.gaussian_gradient_magnitude(f, 2) for f in frames]
-    maps = load_parameter_maps(overrides={
+    maps = load_parameter_maps("bspline_ncc", {
         "Registration": "MultiMetricMultiResolutionRegistration",
         "Metric": ["AdvancedNormalizedCorrelation"] * 2,
         "Metric0Weight": 1.0, "Metric1Weight": 1.0,
@@ -72,6 +72,6 @@ def test_several_channels_register_together(translated):
 
 def test_unknown_component_raises_with_elastix_reason(maps, translated):
     frames, _ = translated([(0, 0), (1, 1)])
-    bad = load_parameter_maps(overrides={"Metric": "NoSuchMetric"})
+    bad = load_parameter_maps("bspline_ncc", {"Metric": "NoSuchMetric"})
     with pytest.raises(RegistrationError, match="NoSuchMetric"):
         register_pair(frames[1], frames[0], bad)
