@@ -55,6 +55,8 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
     roi.add_argument("--no-roi", dest="roi", action="store_false",
                      help="use the whole frame (default: decided by target size)")  # fmt: skip
     command.add_argument("--roi-margin-mm", type=float, default=20.0)
+    command.add_argument("--flatten-sigma-mm", type=float, default=10.0,
+                         help="divide frames by their smoothed copy (bias field); 0: off")  # fmt: skip
 
 
 def _add_demo(commands) -> None:
@@ -156,7 +158,7 @@ def _settings(args):
 
     return TrackerSettings(
         preset=args.preset, overrides=parameter_overrides_from_strings(args.overrides),
-        roi=args.roi, roi_margin_mm=args.roi_margin_mm,
+        roi=args.roi, roi_margin_mm=args.roi_margin_mm, flatten_sigma_mm=args.flatten_sigma_mm,
     )  # fmt: skip
 
 

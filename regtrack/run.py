@@ -61,6 +61,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
         "overrides": {k: v for k, v in settings.overrides.items()},
         "roi": settings.roi,
         "roi_margin_mm": settings.roi_margin_mm,
+        "flatten_sigma_mm": settings.flatten_sigma_mm,
         "fields": return_fields,
     }
 

@@ -52,6 +52,11 @@ class TrackerSettings:
         against the chest wall needs it, a large organ carries its own context.
     roi_margin_mm : float
     roi_max_area_mm2 : float
+    flatten_sigma_mm : float
+        Each frame is divided by its own Gaussian-smoothed copy (sigma in mm) before it is
+        registered: the receive-coil bias field stays put while the anatomy moves under it,
+        which no global intensity metric can absorb; dividing it out leaves local contrast.
+        0 registers the frames as they are.
     min_area_ratio, max_area_ratio : float
         Quality gate: a registered mask whose area leaves this range relative to the previous
         frame's answer is rejected and the previous mask kept (through-plane motion changes
@@ -63,6 +68,7 @@ class TrackerSettings:
     roi: bool | None = None
     roi_margin_mm: float = 20.0
     roi_max_area_mm2: float = 2000.0
+    flatten_sigma_mm: float = 10.0
     min_area_ratio: float = 0.5
     max_area_ratio: float = 2.0
 
@@ -151,6 +157,28 @@ def check_mask(mask: np.ndarray, frame_shape: tuple[int, int], *, name: str = "f
             "give the mask of frame 0 on the same grid as the frames."
         )
     return as_binary_mask(mask, name)
+
+
+def flatten_intensity(frame: np.ndarray, sigma_mm: float, spacing_mm) -> np.ndarray:
+    """Divide a frame by its Gaussian-smoothed copy: a smooth multiplicative bias cancels.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W)
+    sigma_mm : float
+        Scale of the smoothing; 0 returns the frame unchanged.
+    spacing_mm : (float, float)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+    """
+    if sigma_mm <= 0:
+        return frame
+    sigma_px = [sigma_mm / float(s) for s in spacing_mm]
+    low = ndimage.gaussian_filter(frame.astype(np.float64), sigma_px, mode="nearest")
+    floor = 1e-3 * float(np.abs(low).mean()) + 1e-12  # background stays finite
+    return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=np.float32)
 
 
 def _centroid_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
@@ -244,6 +272,7 @@ class _Engine:
     @classmethod
     def build(cls, frame0, first_mask, settings, spacing_mm) -> _Engine:
         spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        frame0 = flatten_intensity(frame0, settings.flatten_sigma_mm, spacing_mm)
         parameter_maps = load_parameter_maps(settings.preset, settings.overrides)
         if uses_native_impact(parameter_maps):
             parameter_maps = resolve_native_models(parameter_maps)
@@ -263,8 +292,10 @@ class _Engine:
     def track_frame(self, frame, previous, index, *, return_fields=False) -> FrameResult:
         """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
         start = time.perf_counter()
+        frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
+        features_start = time.perf_counter()
         fixed = self.extractor(frame) if self.extractor else frame
-        feature_ms = (time.perf_counter() - start) * 1e3 if self.extractor else 0.0
+        feature_ms = (time.perf_counter() - features_start) * 1e3 if self.extractor else 0.0
         shift = tuple(
             float(v) for v in self.first_centroid - _centroid_mm(previous, self.spacing_mm)
         )
@@ -336,6 +367,7 @@ def track(
     spacing_mm: Sequence[float] = (1.0, 1.0),
     roi: bool | None = None,
     roi_margin_mm: float = 20.0,
+    flatten_sigma_mm: float = 10.0,
     return_fields: bool = False,
     **overrides: Any,
 ) -> TrackResult:
@@ -356,6 +388,9 @@ def track(
         Restrict the metric to the neighbourhood of the target; None decides by target size.
     roi_margin_mm : float
         Margin of that neighbourhood around the previous frame's mask.
+    flatten_sigma_mm : float
+        Divide each frame by its Gaussian-smoothed copy at this scale before registering
+        (removes the coil's bias field); 0 to register the frames as they are.
     return_fields : bool
         Also return each frame's displacement field (mm).
     **overrides
@@ -377,7 +412,8 @@ def track(
     True
     """
     settings = TrackerSettings(
-        preset=preset, overrides=overrides, roi=roi, roi_margin_mm=roi_margin_mm
+        preset=preset, overrides=overrides, roi=roi, roi_margin_mm=roi_margin_mm,
+        flatten_sigma_mm=flatten_sigma_mm,
     )
     n_frames, frame_shape = check_frames(frames)
     masks = np.zeros((n_frames, *frame_shape), np.uint8)

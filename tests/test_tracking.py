@@ -145,3 +145,18 @@ def test_rerun_with_other_settings_is_refused(tmp_path, translated):
     with pytest.raises(ValueError, match="other settings.*--restart"):
         track_case(case, tmp_path, settings=TrackerSettings(preset="bspline_mi"))
     track_case(case, tmp_path, settings=TrackerSettings(preset="bspline_mi"), restart=True)
+
+
+def test_flattening_cancels_a_smooth_bias(translated):
+    from regtrack.tracking import flatten_intensity
+
+    frames, _ = translated([(0, 0)])
+    rows, cols = np.indices(frames[0].shape)
+    bias = 1.0 + 0.5 * np.sin(rows / 40.0) * np.cos(cols / 50.0)  # smooth, +-50 %
+    plain = flatten_intensity(frames[0], 10.0, (1.0, 1.0))
+    biased = flatten_intensity(frames[0] * bias, 10.0, (1.0, 1.0))
+    inner = (slice(20, -20), slice(20, -20))
+    relative = np.abs(biased[inner] - plain[inner]) / np.abs(plain[inner]).mean()
+    raw_relative = np.abs(frames[0] * bias - frames[0])[inner] / np.abs(frames[0][inner]).mean()
+    assert relative.mean() < 0.1 * raw_relative.mean()
+    np.testing.assert_array_equal(flatten_intensity(frames[0], 0.0, (1.0, 1.0)), frames[0])
