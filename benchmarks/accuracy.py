@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 PEERS = ("copy_first_mask", "dis_flow", "tvl1_flow")
-DEFAULT_METHODS = ("regtrack:impact_mind", "regtrack:bspline_ncc", "regtrack:bspline_mi", *PEERS)
+DEFAULT_METHODS = ("regtrack:bspline_ncc", "regtrack:impact_mind", "regtrack:bspline_mi", *PEERS)
 
 
 def machine() -> dict:

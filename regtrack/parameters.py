@@ -22,7 +22,7 @@ __all__ = [
     "to_elastix_values",
 ]
 
-DEFAULT_PRESET = "impact_mind"
+DEFAULT_PRESET = "bspline_ncc"
 
 _HERE = Path(__file__).resolve().parent
 # Installed wheel: regtrack/parameter_maps; source checkout / editable install: ../parameter_maps.

@@ -17,7 +17,7 @@ def case_dir(tmp_path_factory, jump_sequence):
 
 def test_presets_lists_the_default(capsys):
     assert main(["presets"]) == 0
-    assert "impact_mind (default)" in capsys.readouterr().out
+    assert "bspline_ncc (default)" in capsys.readouterr().out
 
 
 def test_track_writes_the_official_format_then_evaluate_scores_it(case_dir, tmp_path, capsys):
