@@ -62,6 +62,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
         "roi": settings.roi,
         "roi_margin_mm": settings.roi_margin_mm,
         "flatten_sigma_mm": settings.flatten_sigma_mm,
+        "roi_grid_spacing_mm": settings.roi_grid_spacing_mm,
         "fields": return_fields,
     }
 

@@ -52,6 +52,11 @@ class TrackerSettings:
         against the chest wall needs it, a large organ carries its own context.
     roi_margin_mm : float
     roi_max_area_mm2 : float
+    roi_grid_spacing_mm : float or None
+        B-spline control-point spacing when the ROI is on (``FinalGridSpacingInPhysicalUnits``,
+        unless given as an override): the crop is small, so a finer grid costs little and
+        can follow the target's own deformation (through-plane change of its cross-section).
+        None keeps the preset's spacing.
     flatten_sigma_mm : float
         Each frame is divided by its own Gaussian-smoothed copy (sigma in mm) before it is
         registered: the receive-coil bias field stays put while the anatomy moves under it,
@@ -68,6 +73,7 @@ class TrackerSettings:
     roi: bool | None = None
     roi_margin_mm: float = 20.0
     roi_max_area_mm2: float = 2000.0
+    roi_grid_spacing_mm: float | None = 8.0
     flatten_sigma_mm: float = 10.0
     min_area_ratio: float = 0.5
     max_area_ratio: float = 2.0
@@ -201,6 +207,14 @@ def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> b
     return bool(area_mm2 < settings.roi_max_area_mm2)
 
 
+def _overrides(settings: TrackerSettings, use_roi: bool) -> dict:
+    """The elastix overrides, with the ROI grid spacing unless the user set one."""
+    overrides = dict(settings.overrides)
+    if use_roi and settings.roi_grid_spacing_mm:
+        overrides.setdefault("FinalGridSpacingInPhysicalUnits", settings.roi_grid_spacing_mm)
+    return overrides
+
+
 def _gate(mask: np.ndarray, metric_value: float, previous_area: int, settings) -> str:
     """Why a registered mask is rejected, or '' when it passes."""
     area = int(mask.sum())
@@ -273,7 +287,8 @@ class _Engine:
     def build(cls, frame0, first_mask, settings, spacing_mm) -> _Engine:
         spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
         frame0 = flatten_intensity(frame0, settings.flatten_sigma_mm, spacing_mm)
-        parameter_maps = load_parameter_maps(settings.preset, settings.overrides)
+        use_roi = _use_roi(settings, first_mask, spacing_mm)
+        parameter_maps = load_parameter_maps(settings.preset, _overrides(settings, use_roi))
         if uses_native_impact(parameter_maps):
             parameter_maps = resolve_native_models(parameter_maps)
         spec = feature_spec(parameter_maps)
@@ -285,8 +300,7 @@ class _Engine:
         return cls(
             parameter_maps=parameter_maps, moving=moving, extractor=extractor,
             first_mask=first_mask, first_centroid=_centroid_mm(first_mask, spacing_mm),
-            settings=settings, spacing_mm=spacing_mm,
-            use_roi=_use_roi(settings, first_mask, spacing_mm),
+            settings=settings, spacing_mm=spacing_mm, use_roi=use_roi,
         )  # fmt: skip
 
     def track_frame(self, frame, previous, index, *, return_fields=False) -> FrameResult:

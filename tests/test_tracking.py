@@ -160,3 +160,13 @@ def test_flattening_cancels_a_smooth_bias(translated):
     raw_relative = np.abs(frames[0] * bias - frames[0])[inner] / np.abs(frames[0][inner]).mean()
     assert relative.mean() < 0.1 * raw_relative.mean()
     np.testing.assert_array_equal(flatten_intensity(frames[0], 0.0, (1.0, 1.0)), frames[0])
+
+
+def test_roi_uses_a_finer_grid_unless_overridden():
+    from regtrack.tracking import _overrides
+
+    settings = TrackerSettings(roi_grid_spacing_mm=8.0)
+    assert _overrides(settings, use_roi=True) == {"FinalGridSpacingInPhysicalUnits": 8.0}
+    assert _overrides(settings, use_roi=False) == {}
+    mine = TrackerSettings(overrides={"FinalGridSpacingInPhysicalUnits": 20})
+    assert _overrides(mine, use_roi=True)["FinalGridSpacingInPhysicalUnits"] == 20
