@@ -14,7 +14,8 @@ Features of frame 0 are computed once, those of frame t once per frame (no featu
 during optimisation, which is what IMPACT's static mode means), resized to the frame grid, and
 handed to elastix as one fixed/moving image pair per channel; the per-pair entries of the
 parameter map are repeated to match and the layer weight is shared among its channels.
-Native IMPACT (``(Metric "Impact")``) is elastix's own plugin; see :func:`check_native_impact`.
+Native IMPACT (``(Metric "Impact")``) is elastix's own plugin: :func:`resolve_native_models`
+exports the named models for it, and :data:`NATIVE_IMPACT_MISSING` is the error when it is absent.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import numpy as np
 
 from .parameters import to_elastix_values
 
-__all__ = ["FeatureExtractor", "FeatureSpec", "expand_for_channels", "feature_spec"]
+__all__ = [
+    "NATIVE_IMPACT_MISSING",
+    "FeatureExtractor",
+    "FeatureSpec",
+    "expand_for_channels",
+    "feature_spec",
+    "resolve_native_models",
+    "uses_native_impact",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +62,7 @@ class FeatureSpec:
         Channels kept per layer by PCA fitted on frame 0 (0: all; SAM2.1 models only).
     image_weight : tuple of float
         Weight of the frames themselves as an extra channel, one value or one per resolution;
-        empty for features only. A preset
-        asks for it with two metrics, ``(Metric "AdvancedNormalizedCorrelation"
+        empty for features only. A preset asks for it with two metrics, ``(Metric "AdvancedNormalizedCorrelation"
         "AdvancedMeanSquares")``: the first compares the frames, the second every feature
         channel, weighted by ``Metric0Weight`` and ``Metric1Weight``.
     feature_weight : tuple of float

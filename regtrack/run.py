@@ -58,7 +58,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
         "n_frames": int(case.frames.shape[0]),
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
         "preset": preset,
-        "overrides": {k: v for k, v in settings.overrides.items()},
+        "overrides": dict(settings.overrides),
         "roi": settings.roi,
         "roi_margin_mm": settings.roi_margin_mm,
         "flatten_sigma_mm": settings.flatten_sigma_mm,
