@@ -518,6 +518,8 @@ class Case:
     field_strength_t : float, optional
     scanned_region : str, optional
         "thorax", "abdomen" or "pelvis" in TrackRAD.
+    files : dict of str, optional
+        Where it was read from: ``frames``, ``mask`` and, when present, ``labels`` paths.
     """
 
     name: str
@@ -529,6 +531,7 @@ class Case:
     frame_rate_hz: float | None = None
     field_strength_t: float | None = None
     scanned_region: str | None = None
+    files: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -604,8 +607,10 @@ def read_case(
         labels=gt,
         spacing_mm=frames.geometry.spacing_mm,
         geometry=frames.geometry,
+        files={name: str(p.resolve()) for name, p in
+               (("frames", layout.frames), ("mask", mask_path), ("labels", labels_path)) if p},
         **metadata,
-    )
+    )  # fmt: skip
 
 
 def _find_layout(path: Path) -> _Layout:

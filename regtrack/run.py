@@ -1,7 +1,8 @@
 """Tracking a case on disk: resumable, flushed frame by frame, nothing half-written.
 
 An output folder holds
-- ``run.json``: what was asked (input, preset, overrides, ROI); a rerun must ask the same;
+- ``run.json``: what was asked (case, its files, preset, overrides, ROI); a rerun must ask
+  the same;
 - ``frames.jsonl``: one record per frame, appended and flushed as each frame is answered;
 - ``masks.partial.npy``: the masks so far (a memory-mapped (T, H, W) uint8 array);
 - ``displacement.partial.npy``: optional (T, H, W, 2) float32 fields, mm (row, col);
@@ -55,6 +56,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     preset = [str(p) for p in preset] if isinstance(preset, (list, tuple)) else str(preset)
     return {
         "case": case.name,
+        "files": getattr(case, "files", None),
         "n_frames": int(case.frames.shape[0]),
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
         "preset": preset,
