@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_phantom(commands)
     _add_impact(commands)
+    _add_report(commands)
+    _add_sweep(commands)
     presets = commands.add_parser("presets", help="list the elastix presets")
     presets.set_defaults(func=_presets)
     return main_parser
@@ -66,6 +68,7 @@ def _add_demo(commands) -> None:
     demo.add_argument("--out", type=Path, default=Path("regtrack-demo"), help="output folder")
     demo.add_argument("--case", default="lung_slide", help="phantom case name")
     demo.add_argument("--frames", type=int, default=None, help="number of frames")
+    demo.add_argument("--report", action="store_true", help="also write the HTML report")
     _add_progress(demo)
     demo.set_defaults(func=_demo)
 
@@ -84,6 +87,8 @@ def _add_track(commands) -> None:
     _add_tracking_options(track)
     track.add_argument("--fields", action="store_true", help="also keep displacement fields")
     track.add_argument("--restart", action="store_true", help="discard a previous run in OUT")
+    track.add_argument("--report", action="store_true",
+                       help="also write OUT/report/ (movie, plots, index.html)")  # fmt: skip
     _add_progress(track)
     track.set_defaults(func=_track)
 
@@ -175,6 +180,10 @@ def _track(args) -> int:
         return_fields=args.fields, restart=args.restart, progress=not args.no_progress,
     )  # fmt: skip
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(args.out)}")
     return 0
 
 
@@ -204,10 +213,37 @@ def _phantom(args) -> int:
     return 0
 
 
+def _add_report(commands) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write an HTML report of a tracking run or a benchmark JSON",
+        description="RESULTS is the --out folder of `regtrack track` (writes RESULTS/report/: "
+        "overlay movie, trajectory and quality plots, metrics, index.html), or a benchmark "
+        "JSON such as benchmarks/results/accuracy.json (writes accuracy.html beside it).",
+    )
+    report.add_argument("results", type=Path, metavar="RESULTS")
+    report.add_argument("--out", type=Path, help="report folder (run) or page (benchmark)")
+    report.add_argument("--gif", action="store_true", help="movie as an animated GIF, not MP4")
+    report.add_argument("--fps", type=float, help="movie playback rate (default: acquisition)")
+    report.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    from .report import report_benchmark, write_report
+
+    if args.results.suffix.lower() == ".json":
+        print(f"page: {report_benchmark(args.results, out=args.out)}")
+        return 0
+    page = write_report(args.results, out=args.out, gif=args.gif, fps=args.fps)
+    print(f"report: {page}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, case=args.case, n_frames=args.frames, progress=not args.no_progress)
+    report = run_demo(args.out, case=args.case, n_frames=args.frames,
+                      progress=not args.no_progress, report=args.report)  # fmt: skip
     print(report)
     return 0
 
@@ -219,6 +255,63 @@ def _presets(args) -> int:
         marker = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name}{marker}: {', '.join(str(p) for p in preset_files(name))}")
     return 0
+
+
+def _add_sweep(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of registration settings over many cases (dask), or report one",
+        description="`regtrack sweep SPEC --out RESULTS` runs the sweep SPEC (a TOML file) on "
+        "dask.distributed; `regtrack sweep report RESULTS` ranks its settings and plots them.",
+    )
+    sweep.add_argument("target", metavar="SPEC | report", help="sweep spec (TOML), or `report`")
+    sweep.add_argument("results", nargs="?", type=Path, metavar="RESULTS",
+                       help="with `report`: the results folder")  # fmt: skip
+    sweep.add_argument("--out", type=Path, help="results folder (required to run)")
+    sweep.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler "
+                       "(used as it is), or `synchronous` (no dask, one task at a time)")  # fmt: skip
+    sweep.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    sweep.add_argument("--threads-per-task", type=int,
+                       help="ITK threads per task (default: cores / task slots)")  # fmt: skip
+    sweep.add_argument("--resume", action="store_true", help="run only what RESULTS lacks")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="with --resume, also rerun the tasks recorded as failed")  # fmt: skip
+    sweep.add_argument("--by", default="dsc", help="report: metric to rank by (default dsc)")
+    sweep.add_argument("--no-plots", action="store_true", help="report: skip the PNG plots")
+    _add_progress(sweep)
+    sweep.set_defaults(func=_sweep)
+
+
+def _sweep(args) -> int:
+    if args.target == "report":
+        if args.results is None:
+            raise ValueError("`regtrack sweep report` needs the results folder: "
+                             "regtrack sweep report RESULTS")  # fmt: skip
+        from .sweep import sweep_report
+
+        sweep_report(args.results, by=args.by, plots=not args.no_plots)
+        return 0
+    spec = args.results if args.target == "run" else Path(args.target)
+    if spec is None or (args.target != "run" and args.results is not None):
+        raise ValueError(
+            "usage: regtrack sweep SPEC --out RESULTS, or regtrack sweep report RESULTS"
+        )
+    if args.out is None:
+        raise ValueError("running a sweep needs --out RESULTS, the folder for its results")
+    from .sweep import run_sweep
+
+    try:
+        summary = run_sweep(
+            spec, args.out, scheduler=args.scheduler, workers=args.workers,
+            threads_per_task=args.threads_per_task, resume=args.resume,
+            retry_failed=args.retry_failed, progress=not args.no_progress,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"interrupted; finished rows are in {args.out}. Rerun with --resume to run "
+              "only what is missing", file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"report: regtrack sweep report {args.out}")
+    return 1 if summary.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

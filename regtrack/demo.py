@@ -18,12 +18,14 @@ def run_demo(
     case: str = "lung_slide",
     n_frames: int | None = None,
     progress: bool = True,
+    report: bool = False,
 ) -> str:
-    """Write a phantom case, track it with the default preset, score it; return a report.
+    """Write a phantom case, track it with the default preset, score it; return a summary.
 
     The case folder (TrackRAD layout, ground truth included) goes to ``out_dir/<case>``, the
     tracking run and its ``output.mha`` to ``out_dir/<case>/regtrack``, the scores to
-    ``out_dir/scores.json``.
+    ``out_dir/scores.json``. With ``report``, the HTML report of the run (movie, plots,
+    metrics) goes to ``out_dir/<case>/regtrack/report/index.html``.
     """
     import json
 
@@ -53,6 +55,11 @@ def run_demo(
     scores_path.write_text(json.dumps(per_method, indent=2))
     records = [json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines()]
     ms = np.median([r["elapsed_ms"] for r in records if r["source"] != "given"])
+    lines = []
+    if report:
+        from .report import write_report
+
+        lines.append(f"report: {write_report(run_dir)}")
     return "\n".join([
         format_table(per_method),
         f"median time per frame: {ms:.0f} ms",
@@ -60,4 +67,5 @@ def run_demo(
         f"predicted masks: {output}",
         f"per-frame record: {run_dir / 'frames.jsonl'}",
         f"scores: {scores_path}",
+        *lines,
     ])  # fmt: skip

@@ -1,0 +1,315 @@
+"""Reports (issue 9): movie, trajectory, quality timeline, metrics and index.html."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from regtrack.cli import main
+from regtrack.io import read_case, write_trackrad_case
+from regtrack.metrics import evaluate_case
+from regtrack.phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
+from regtrack.report import (
+    Table,
+    load_run,
+    quality,
+    report_benchmark,
+    trajectory,
+    write_benchmark_page,
+    write_report,
+)
+
+N_FRAMES = 6
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "results"
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """(phantom, run folder): a tiny phantom tracked by `regtrack track --report`."""
+    phantom = generate_phantom(BENCHMARK_SPECS["lung_slide"], n_frames=N_FRAMES)
+    root = tmp_path_factory.mktemp("tracked")
+    case_dir = write_phantom_case(phantom, root)
+    run_dir = root / "run"
+    argv = ["track", str(case_dir), "--out", str(run_dir), "--report", "--no-progress"]
+    assert main(argv) == 0
+    return phantom, run_dir
+
+
+def _movie_frames(path) -> list[np.ndarray]:
+    """Every frame of a movie, decoded with imageio."""
+    with imageio.get_reader(path) as reader:
+        return list(reader.iter_data())
+
+
+def _external_links(html: str) -> list[str]:
+    """src/href values that would fetch something from outside the report folder."""
+    links = re.findall(r'(?:src|href)="([^"]*)"', html)
+    return [link for link in links if re.match(r"(?i)(https?:|//|ftp:)", link)]
+
+
+# --------------------------------------------------------------------------- a tracked run
+
+
+def test_track_report_writes_movie_plots_and_page(tracked, capsys):
+    phantom, run_dir = tracked
+    report = run_dir / "report"
+    for name in ("index.html", "movie.mp4", "trajectory.png", "quality.png", "trajectory.json"):
+        assert (report / name).is_file(), name
+    frames = _movie_frames(report / "movie.mp4")
+    assert len(frames) == len(phantom.frames)
+    assert frames[0].shape[0] % 16 == 0 and frames[0].shape[1] % 16 == 0
+    html = (report / "index.html").read_text()
+    assert '<video controls loop muted preload="metadata" src="movie.mp4">' in html
+    assert html.count("data:image/png;base64,") == 2  # both plots embedded
+    assert _external_links(html) == []
+    assert "complete" in html and "incomplete" not in html
+
+
+def test_metrics_table_holds_the_official_scores(tracked):
+    phantom, run_dir = tracked
+    masks = np.load(run_dir / "masks.partial.npy")
+    expected = evaluate_case(masks, phantom.masks, scanned_region="thorax")
+    facts = json.loads((run_dir / "report" / "summary.json").read_text())
+    for key in ("dsc", "hd95_mm", "masd_mm", "centre_distance_mm", "relative_d98"):
+        assert facts["metrics"][key] == pytest.approx(expected[key])
+    html = (run_dir / "report" / "index.html").read_text()
+    assert f"{expected['dsc']:.4f}" in html
+    assert f"{expected['centre_distance_mm']:.3f}" in html
+
+
+def test_trajectory_comes_from_the_masks(tracked):
+    phantom, run_dir = tracked
+    traj = trajectory(run_dir)
+    masks = np.load(run_dir / "masks.partial.npy")
+    rows, cols = np.indices(masks.shape[1:])
+    area = masks.sum(axis=(1, 2))
+    mine = np.stack([(masks * rows).sum((1, 2)) / area, (masks * cols).sum((1, 2)) / area], 1)
+    np.testing.assert_allclose(traj.predicted_mm, mine * phantom.spacing_mm, atol=1e-9)
+    np.testing.assert_allclose(traj.ground_truth_mm, phantom.centroids_mm, atol=1e-9)
+    np.testing.assert_allclose(traj.time, phantom.times_s)
+    # the registration follows the phantom: the trace is the target's, within a millimetre
+    assert np.abs(traj.predicted_mm - phantom.centroids_mm).max() < 1.0
+    saved = json.loads((run_dir / "report" / "trajectory.json").read_text())
+    np.testing.assert_allclose(saved["predicted_mm"], traj.predicted_mm)
+    assert saved["time_unit"] == "s"
+
+
+def test_interrupted_run_renders_what_exists(tracked, tmp_path):
+    _, run_dir = tracked
+    copy = tmp_path / "interrupted"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "output.mha"))
+    lines = (copy / "frames.jsonl").read_text().splitlines(keepends=True)
+    (copy / "frames.jsonl").write_text("".join(lines[:3]) + '{"index": 3, "sou')  # torn line
+    page = write_report(copy)
+    html = page.read_text()
+    assert "incomplete: frames 3-5 missing" in html
+    traj = trajectory(copy)
+    assert np.isfinite(traj.predicted_mm[:3]).all() and np.isnan(traj.predicted_mm[3:]).all()
+    assert traj.source[3:] == ["missing"] * 3
+    assert np.isfinite(traj.ground_truth_mm).all()  # the truth is known for every frame
+    assert len(_movie_frames(page.parent / "movie.mp4")) == N_FRAMES
+    facts = json.loads((page.parent / "summary.json").read_text())
+    assert facts["frames_done"] == 3 and facts["output_written"] is False
+
+
+def test_folder_without_results_gives_one_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"run\.json, frames\.jsonl, masks\.partial\.npy not"):
+        write_report(tmp_path)
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "frames.jsonl").write_text("")
+    np.save(tmp_path / "masks.partial.npy", np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="holds no frame record"):
+        load_run(tmp_path)
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "expected run.json, frames.jsonl and masks.partial.npy" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- known traces
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory, translated):
+    """A results folder written by hand in the track_case format: disks at known shifts,
+    anisotropic pixels, 2 Hz, ground truth one column to the right, and records with every
+    kind of answer and the optional keys (budget, gate, schedule, SAM score)."""
+    shifts = [(0, 0), (3, -2), (6, -4), (9, -6), (6, -3), (2, 1), (-1, 2), (-3, 0)]
+    frames, masks = translated(shifts, shape=(96, 96), radius=10)
+    truth = np.roll(masks, 1, axis=2)
+    root = tmp_path_factory.mktemp("synthetic")
+    case = read_case(write_trackrad_case(root, "P7", frames, truth[0], truth,
+                                         spacing_mm=(2.0, 0.5), frame_rate_hz=2.0))  # fmt: skip
+    run_dir = root / "run"
+    run_dir.mkdir()
+    settings = {"case": "<i>P&7</i>", "files": case.files, "n_frames": len(frames),
+                "frame_shape": [96, 96]}  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(settings))
+    np.save(run_dir / "masks.partial.npy", masks)
+    extra = [
+        {"source": "given"},
+        {"source": "registration", "gate": "passed"},
+        {"source": "registration", "gate": "passed"},
+        {"source": "previous", "reason": "area x2.5 of the previous frame (gate 0.5-2)"},
+        {"source": "sam", "reason": "registration rejected", "gate": "rejected", "sam_score": 0.9},
+        {"source": "registration", "gate": {"passed": True}, "deadline_missed": True},
+        {"source": "fallback"},
+        {"source": "registration", "schedule": "reduced"},
+    ]
+    with (run_dir / "frames.jsonl").open("w") as log:
+        for t, fields in enumerate(extra):
+            record = {"index": t, "reason": "", "metric_value": -0.9 - t / 100, "iterations": 60,
+                      "elapsed_ms": 100.0 + 10 * t, "budget_ms": 150.0, "schedule": "full",
+                      "area_px": int(masks[t].sum()), **fields}  # fmt: skip
+            log.write(json.dumps(record) + "\n")
+    return run_dir, np.array(shifts, float)
+
+
+def test_known_shift_gives_the_known_trace(synthetic_run):
+    run_dir, shifts = synthetic_run
+    traj = trajectory(run_dir)
+    centre = np.array([48.0, 48.0])
+    spacing = np.array([2.0, 0.5])
+    np.testing.assert_allclose(traj.predicted_mm, (centre + shifts) * spacing, atol=1e-9)
+    np.testing.assert_allclose(traj.ground_truth_mm, (centre + shifts + (0, 1)) * spacing)
+    np.testing.assert_allclose(traj.time, np.arange(len(shifts)) / 2.0)
+    assert np.flatnonzero(traj.fallback).tolist() == [3, 4, 6]
+    assert np.flatnonzero(traj.gate_rejected).tolist() == [3, 4]
+
+
+def test_optional_record_keys_reach_the_timeline(synthetic_run, tmp_path):
+    run_dir, _ = synthetic_run
+    data = quality(run_dir)
+    assert np.isnan(data["budget_ms"][0]) and (data["budget_ms"][1:] == 150.0).all()
+    assert np.flatnonzero(data["deadline_missed"]).tolist() == [5]
+    assert np.isfinite(data["sam_score"]).sum() == 1
+    areas_px = np.load(run_dir / "masks.partial.npy").sum(axis=(1, 2))
+    np.testing.assert_allclose(data["area_mm2"], areas_px * 2.0 * 0.5)
+    page = write_report(run_dir, out=tmp_path / "report", gif=True)
+    assert len(_movie_frames(page.parent / "movie.gif")) == len(data["frame"])
+    facts = json.loads((page.parent / "summary.json").read_text())
+    assert (facts["fallback_frames"], facts["gate_rejected_frames"]) == (3, 2)
+    assert facts["deadline_missed_frames"] == 1 and facts["budget_ms"] == 150.0
+    assert facts["schedules"] == {"full": 7, "reduced": 1}
+    html = page.read_text()
+    assert "&lt;i&gt;P&amp;7&lt;/i&gt;" in html and "<i>P&7</i>" not in html  # autoescape
+    assert '<img class="movie" src="movie.gif"' in html
+
+
+def test_run_whose_input_moved_still_renders(synthetic_run, tmp_path):
+    run_dir, shifts = synthetic_run
+    copy = tmp_path / "moved"
+    shutil.copytree(run_dir, copy)
+    settings = json.loads((copy / "run.json").read_text())
+    settings["files"]["frames"] = str(tmp_path / "gone.mha")
+    (copy / "run.json").write_text(json.dumps(settings))
+    page = write_report(copy)
+    html = page.read_text()
+    assert "input not readable" in html and "pixel spacing unknown: 1 mm assumed" in html
+    traj = trajectory(copy)
+    assert traj.time_unit == "frame" and traj.ground_truth_mm is None
+    np.testing.assert_allclose(traj.predicted_mm, np.array([48.0, 48.0]) + shifts)
+    assert len(_movie_frames(page.parent / "movie.mp4")) == len(shifts)
+
+
+# --------------------------------------------------------------------------- benchmark pages
+
+
+def test_accuracy_page_compares_against_the_peers(tmp_path):
+    data = json.loads((BENCHMARKS / "accuracy.json").read_text())
+    page = report_benchmark(BENCHMARKS / "accuracy.json", out=tmp_path / "accuracy.html")
+    html = page.read_text()
+    for label in ("regtrack bspline_ncc", "OpenCV DIS optical flow", "copy the first mask"):
+        assert label in html
+    for case in data["results"]:
+        assert case in html
+    ncc = data["results"]["lung_slide"]["regtrack:bspline_ncc"]["dsc"]
+    assert f"{ncc:.3f}" in html
+    assert data["machine"]["cpu"] in html and _external_links(html) == []
+    assert html.count("data:image/png;base64,") >= 2
+
+
+def test_features_page_and_cli(tmp_path, capsys):
+    target = tmp_path / "features.json"
+    shutil.copy(BENCHMARKS / "features.json", target)
+    assert main(["report", str(target)]) == 0
+    html = (tmp_path / "features.html").read_text()
+    assert "sam2.1-tiny layers 0,1 @ 256" in html and "median ms" in html
+    assert "features.html" in capsys.readouterr().out
+
+
+def test_benchmark_page_api_bolds_the_best_and_embeds_figures(tmp_path):
+    from matplotlib.figure import Figure
+
+    source = tmp_path / "budget.json"
+    source.write_text(json.dumps({"benchmark": "budget", "machine": {"cpu": "TestCPU"}}))
+    figure = Figure(figsize=(3, 2))
+    figure.subplots().plot([0, 1], [1, 0])
+    table = Table("Latency", ["method", "p95 ms"], [["a", 12.5], ["b", 9.25]],
+                  formats=[None, ".2f"], best={1: "min"})  # fmt: skip
+    page = write_benchmark_page(source, "Budget", [table], [("latency plot", figure)])
+    html = page.read_text()
+    assert page == tmp_path / "budget.html"
+    assert '<td class="num bold">9.25</td>' in html and '<td class="num">12.50</td>' in html
+    assert "latency plot" in html and "data:image/png;base64," in html and "TestCPU" in html
+
+
+# --------------------------------------------------------------------------- in a browser
+
+
+def _chromium(*args, profile) -> subprocess.CompletedProcess:
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+_IMAGE_CHECK = """<script>window.addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify({images: images.length, broken: broken});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def _browser_check(page, profile) -> tuple[dict, list[str]]:
+    """(image check, console messages) of a page opened in headless Chromium. The check runs
+    in a test-only copy beside the page, so relative links resolve as in the page."""
+    probe = page.with_name("browser-check.html")
+    probe.write_text(page.read_text().replace("</body>", _IMAGE_CHECK + "</body>"))
+    done = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri(), profile=profile)
+    probe.unlink()
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', done.stdout)
+    assert found, f"the check script did not run: {done.stderr[-2000:]}"
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return json.loads(found.group(1)), console
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not on PATH (apt-get install chromium)")  # fmt: skip
+def test_page_renders_in_headless_chromium(tracked, tmp_path):
+    _, run_dir = tracked
+    page = run_dir / "report" / "index.html"
+    check, console = _browser_check(page, tmp_path / "profile")
+    assert check["images"] >= 2 and check["broken"] == [], check
+    assert console == []  # the page has no scripts: any console message is a fault
+    shot = tmp_path / "report.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1280,900", page.as_uri(),
+              profile=tmp_path / "profile")  # fmt: skip
+    pixels = imageio.imread(shot)
+    assert pixels.shape[:2] == (900, 1280)
+    assert pixels[..., :3].std() > 30  # text, movie and plots, not a blank page
+    # the checker itself can fail: a broken image and a console message are caught
+    broken = page.with_name("broken.html")
+    broken.write_text(page.read_text().replace(
+        "</body>", '<img src="missing.png" alt="gone"><script>console.error("x")</script></body>'
+    ))  # fmt: skip
+    check, console = _browser_check(broken, tmp_path / "profile")
+    broken.unlink()
+    assert check["broken"] == ["gone"] and len(console) == 1
