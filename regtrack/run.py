@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .realtime import replay
 from .tracking import TrackerSettings, iter_track
 
 __all__ = ["RunFiles", "track_case"]
@@ -59,12 +60,16 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
         "files": getattr(case, "files", None),
         "n_frames": int(case.frames.shape[0]),
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
+        "spacing_mm": [float(v) for v in case.spacing_mm],
+        "frame_rate_hz": case.frame_rate_hz,
         "preset": preset,
         "overrides": dict(settings.overrides),
         "roi": settings.roi,
         "roi_margin_mm": settings.roi_margin_mm,
         "flatten_sigma_mm": settings.flatten_sigma_mm,
         "roi_grid_spacing_mm": settings.roi_grid_spacing_mm,
+        "budget_s": settings.budget_s,
+        "total_budget_s": settings.total_budget_s,
         "fields": return_fields,
     }
 
@@ -126,6 +131,7 @@ def track_case(
     return_fields: bool = False,
     restart: bool = False,
     progress: bool = False,
+    frame_rate_hz: float | None = None,
 ) -> Path:
     """Track a :class:`regtrack.io.Case` into ``out_dir``, resuming an interrupted run.
 
@@ -143,6 +149,9 @@ def track_case(
         Discard a previous run in ``out_dir`` instead of resuming it.
     progress : bool
         Show a progress bar (tqdm).
+    frame_rate_hz : float, optional
+        Replay the sequence in real time at this rate (:func:`regtrack.realtime.replay`):
+        each frame is answered within ``settings.budget_s`` of its arrival.
 
     Returns
     -------
@@ -163,20 +172,23 @@ def track_case(
     if done < n_frames:
         if done:
             logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
-        _run_frames(case, files, settings, masks, fields, done, progress)
+        _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz)
     output = Path(output_path) if output_path else files.directory / "output.mha"
     write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
     return output
 
 
-def _run_frames(case, files, settings, masks, fields, done, progress) -> None:
+def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz) -> None:
     from tqdm.auto import tqdm
 
-    results = iter_track(
-        case.frames, case.first_mask, settings=settings, spacing_mm=case.spacing_mm,
-        start=done, previous_mask=masks[done - 1] if done else None,
-        return_fields=fields is not None,
-    )  # fmt: skip
+    common = {"settings": settings, "spacing_mm": case.spacing_mm, "start": done,
+              "previous_mask": masks[done - 1] if done else None}  # fmt: skip
+    if frame_rate_hz:
+        results = replay(case.frames, case.first_mask, frame_rate_hz=frame_rate_hz, **common)
+    else:
+        results = iter_track(
+            case.frames, case.first_mask, return_fields=fields is not None, **common
+        )
     bar = tqdm(total=masks.shape[0], initial=done, disable=not progress, unit="frame")
     with files.records.open("a") as log, bar:
         for result in results:

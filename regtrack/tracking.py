@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .budget import LADDER, Schedule, check_budget, scaled_maps
 from .features import (
     NATIVE_IMPACT_MISSING,
     FeatureExtractor,
@@ -66,6 +67,12 @@ class TrackerSettings:
         Quality gate: a registered mask whose area leaves this range relative to the previous
         frame's answer is rejected and the previous mask kept (through-plane motion changes
         the area slowly; a jump means a failed registration).
+    budget_s : float or None
+        Seconds each frame may take: the schedule (iterations, samples) is chosen to fit it
+        (:mod:`regtrack.budget`). None: the preset's full schedule.
+    total_budget_s : float or None
+        Seconds for the whole sequence (offline): each frame gets what is left divided by the
+        frames left.
     """
 
     preset: Any = DEFAULT_PRESET
@@ -77,6 +84,14 @@ class TrackerSettings:
     flatten_sigma_mm: float = 10.0
     min_area_ratio: float = 0.5
     max_area_ratio: float = 2.0
+    budget_s: float | None = None
+    total_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budget_s", check_budget(self.budget_s, "budget_s"))
+        object.__setattr__(
+            self, "total_budget_s", check_budget(self.total_budget_s, "total_budget_s")
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,10 @@ class FrameResult:
     """The answer for one frame.
 
     ``source`` is "given" (frame 0), "registration", or "previous" (the gate rejected the
-    registration or elastix failed; ``reason`` says why).
+    registration, elastix failed, or the deadline came first; ``reason`` says why).
+    ``schedule`` names the iteration/sample schedule used (:mod:`regtrack.budget`) and
+    ``work`` its iterations x samples; ``budget_ms`` and ``latency_ms`` (arrival to answer)
+    are set by the streaming tracker when it runs under a budget.
     """
 
     index: int
@@ -98,6 +116,10 @@ class FrameResult:
     elapsed_ms: float = 0.0
     initial_shift_mm: tuple[float, float] = (0.0, 0.0)
     roi: bool = False
+    schedule: str = ""
+    work: int = 0
+    budget_ms: float = float("nan")
+    latency_ms: float = float("nan")
     displacement_mm: np.ndarray | None = None
 
     def record(self) -> dict:
@@ -256,25 +278,38 @@ def iter_track(
     return_fields : bool
         Also compute each frame's displacement field.
     """
+    from .realtime import RealtimeTracker
+
     settings = settings or TrackerSettings()
     n_frames, frame_shape = check_frames(frames)
     first_mask = check_mask(first_mask, frame_shape)
-    engine = _Engine.build(check_frame(frames[0], 0), first_mask, settings, spacing_mm)
-    previous = first_mask if previous_mask is None else np.asarray(previous_mask, bool)
-    if start == 0:
-        yield FrameResult(index=0, mask=first_mask, source="given")
-    for index in range(max(start, 1), n_frames):
-        result = engine.track_frame(check_frame(frames[index], index), previous, index,
-                                    return_fields=return_fields)  # fmt: skip
-        previous = result.mask
-        yield result
+    with RealtimeTracker(
+        settings, spacing_mm=spacing_mm, worker="inline", return_fields=return_fields
+    ) as tracker:
+        given = tracker.init(check_frame(frames[0], 0), first_mask,
+                             previous_mask=previous_mask, next_index=max(start, 1))  # fmt: skip
+        if start == 0:
+            yield given
+        clock = time.perf_counter()
+        for index in range(max(start, 1), n_frames):
+            budget_s = _frame_budget(settings, time.perf_counter() - clock, n_frames - index)
+            yield tracker.step(frames[index], budget_s=budget_s)
+
+
+def _frame_budget(settings: TrackerSettings, spent_s: float, frames_left: int) -> float | None:
+    """This frame's share: the total budget left over the frames left, or the per-frame one."""
+    if settings.total_budget_s is None:
+        return settings.budget_s
+    share = (settings.total_budget_s - spent_s) / frames_left
+    return max(share, 1e-3)  # overspent: the smallest schedule, and on we go
 
 
 @dataclass(frozen=True)
 class _Engine:
     """What stays fixed over a sequence: parameter maps, frame 0 (or its features), ROI policy."""
 
-    parameter_maps: Any
+    parameter_maps: dict  # Schedule -> itk.ParameterObject
+    works: dict  # Schedule -> iterations x samples
     moving: Any  # frame 0, or its feature channels
     extractor: FeatureExtractor | None
     first_mask: np.ndarray
@@ -297,13 +332,18 @@ class _Engine:
         if extractor:
             parameter_maps = expand_for_channels(parameter_maps, extractor.weights)
         _check_parameters(parameter_maps, moving, spacing_mm)
+        scaled = {schedule: scaled_maps(parameter_maps, schedule) for schedule in LADDER}
         return cls(
-            parameter_maps=parameter_maps, moving=moving, extractor=extractor,
+            parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
+            works={schedule: work for schedule, (_, work) in scaled.items()},
+            moving=moving, extractor=extractor,
             first_mask=first_mask, first_centroid=_centroid_mm(first_mask, spacing_mm),
             settings=settings, spacing_mm=spacing_mm, use_roi=use_roi,
         )  # fmt: skip
 
-    def track_frame(self, frame, previous, index, *, return_fields=False) -> FrameResult:
+    def track_frame(
+        self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
+    ) -> FrameResult:
         """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
         start = time.perf_counter()
         frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
@@ -319,10 +359,11 @@ class _Engine:
             else None
         )
         common = {"index": index, "initial_shift_mm": shift, "roi": self.use_roi,
-                  "feature_ms": feature_ms}  # fmt: skip
+                  "feature_ms": feature_ms, "schedule": schedule.name,
+                  "work": self.works[schedule]}  # fmt: skip
         try:
             registration = register_pair(
-                fixed, self.moving, self.parameter_maps, spacing_mm=self.spacing_mm,
+                fixed, self.moving, self.parameter_maps[schedule], spacing_mm=self.spacing_mm,
                 fixed_box=box, initial_shift_mm=shift,
             )  # fmt: skip
         except RegistrationError as error:

@@ -1,0 +1,329 @@
+"""The streaming tracker: one frame in, one mask out, never later than the frame's deadline.
+
+:class:`RealtimeTracker` is the one code path of regtrack: offline tracking drives it frame by
+frame with no deadline, the real-time mode with one.
+
+Elastix holds Python's GIL for the whole registration (measured: a 5 ms sleep in the main
+thread woke after 277 ms while elastix ran in a second thread), so a thread cannot answer at a
+deadline. Under a deadline the registration engine therefore lives in a worker *process*: the
+main process waits for it until the deadline and, when it is not done, answers with the
+fallback (the last good mask) while the late registration goes on and, once finished, starts
+the next frame from where it found the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .budget import LADDER, CostModel, check_budget, choose_schedule
+from .tracking import (
+    FrameResult,
+    TrackerSettings,
+    _Engine,
+    check_frame,
+    check_mask,
+)
+
+__all__ = ["RealtimeTracker", "replay"]
+
+logger = logging.getLogger(__name__)
+
+_ANSWER_MARGIN_S = 0.004  # building the fallback answer and returning it
+_CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[0])
+
+
+class _InlineWorker:
+    """The engine in this process: no deadline can interrupt it (offline mode)."""
+
+    def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
+        self._engine = _Engine.build(frame0, mask0, settings, spacing_mm)
+        self.works = self._engine.works
+
+    def submit(self, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(self._engine.track_frame(*args, **kwargs))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+_PROCESS_ENGINE: _Engine | None = None
+
+
+def _process_init(frame0, mask0, settings, spacing_mm) -> None:
+    global _PROCESS_ENGINE
+    _PROCESS_ENGINE = _Engine.build(frame0, mask0, settings, spacing_mm)
+
+
+def _process_works() -> dict:
+    return _PROCESS_ENGINE.works
+
+
+def _process_track(*args, **kwargs) -> FrameResult:
+    return _PROCESS_ENGINE.track_frame(*args, **kwargs)
+
+
+class _ProcessWorker:
+    """The engine in a child process, so the main process can answer at a deadline."""
+
+    def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
+        import multiprocessing
+
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_process_init, initargs=(frame0, mask0, settings, spacing_mm),
+        )  # fmt: skip
+        self.works = self._pool.submit(_process_works).result()  # waits for the engine
+
+    def submit(self, *args, **kwargs) -> Future:
+        return self._pool.submit(_process_track, *args, **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_WORKERS = {"inline": _InlineWorker, "process": _ProcessWorker}
+
+
+@dataclass
+class _InFlight:
+    """A registration that missed its frame's deadline and is still running."""
+
+    index: int
+    future: Future
+    submitted: float
+    work: int
+
+
+class RealtimeTracker:
+    """Track a target frame by frame, each answer within its budget.
+
+    Parameters
+    ----------
+    settings : TrackerSettings, optional
+        Preset, ROI and gate; ``settings.budget_s`` is the default per-frame budget.
+    spacing_mm : (float, float)
+    worker : {"auto", "inline", "process"} or callable
+        Where elastix runs. "process" (the default when a budget is set) enforces deadlines;
+        "inline" runs in this process and can only choose a schedule that should fit. A
+        callable ``(frame0, mask0, settings, spacing_mm) -> worker`` supplies another worker:
+        an object with ``works`` (schedule -> work), ``submit(frame, previous, index, *,
+        schedule, return_fields) -> concurrent.futures.Future[FrameResult]`` and ``close()``.
+    return_fields : bool
+        Also compute each frame's displacement field.
+
+    Examples
+    --------
+    >>> with RealtimeTracker(TrackerSettings(budget_s=0.25)) as tracker:   # doctest: +SKIP
+    ...     tracker.init(frame0, mask0)
+    ...     for frame in stream:
+    ...         result = tracker.step(frame)      # result.mask, result.record()
+    """
+
+    def __init__(
+        self,
+        settings: TrackerSettings | None = None,
+        *,
+        spacing_mm: Sequence[float] = (1.0, 1.0),
+        worker: str = "auto",
+        return_fields: bool = False,
+    ) -> None:
+        if not callable(worker) and worker not in ("auto", "inline", "process"):
+            raise ValueError(
+                f"worker must be 'auto', 'inline', 'process' or a callable, got {worker!r}"
+            )
+        self.settings = settings or TrackerSettings()
+        self.spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        self.worker_kind = worker
+        if worker == "auto":
+            self.worker_kind = "process" if self.settings.budget_s else "inline"
+        self.return_fields = return_fields
+        self.cost = CostModel()
+        self._worker = None
+        self._previous: np.ndarray | None = None
+        self._in_flight: _InFlight | None = None
+        self._next_index = 1
+        self._frame_shape: tuple[int, int] | None = None
+
+    def __enter__(self) -> RealtimeTracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker (a registration still running is abandoned)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def init(
+        self,
+        frame0: np.ndarray,
+        mask0: np.ndarray,
+        *,
+        previous_mask: np.ndarray | None = None,
+        next_index: int = 1,
+        calibrate: bool | None = None,
+    ) -> FrameResult:
+        """Set frame 0 and its mask; returns frame 0's answer (the given mask).
+
+        ``previous_mask`` and ``next_index`` resume a sequence part-way. ``calibrate`` times a
+        few registrations of frame 0 so the first budgeted frame already has a cost model
+        (default: when a budget is set).
+        """
+        self.close()
+        frame0 = check_frame(frame0, 0)
+        if frame0.ndim != 2:
+            raise ValueError(f"frame 0 must be a 2D (H, W) image, got shape {frame0.shape}")
+        mask0 = check_mask(mask0, frame0.shape)
+        self._worker = _WORKERS.get(self.worker_kind, self.worker_kind)(
+            frame0, mask0, self.settings, self.spacing_mm
+        )
+        self._frame_shape = frame0.shape
+        self._previous = mask0 if previous_mask is None else np.asarray(previous_mask, bool)
+        self._in_flight, self._next_index = None, next_index
+        budgeted = self.settings.budget_s or self.settings.total_budget_s
+        if calibrate if calibrate is not None else budgeted:
+            self._calibrate(frame0, mask0)
+        return FrameResult(index=0, mask=mask0, source="given")
+
+    def _calibrate(self, frame0, mask0) -> None:
+        for schedule in _CALIBRATION:
+            start = time.perf_counter()
+            self._worker.submit(frame0, mask0, 0, schedule=schedule).result()
+            self.cost.observe(self._worker.works[schedule], (time.perf_counter() - start) * 1e3)
+        logger.info("cost model calibrated: full schedule %.0f ms, smallest %.0f ms",
+                    self.predict_ms(LADDER[0]), self.predict_ms(LADDER[-1]))  # fmt: skip
+
+    def predict_ms(self, schedule) -> float:
+        """Predicted milliseconds for one frame with ``schedule`` (margin included)."""
+        return self.cost.predict(self._worker.works[schedule])
+
+    def step(
+        self, frame: np.ndarray, *, arrival: float | None = None, budget_s: float | None = None
+    ) -> FrameResult:
+        """Answer one frame by ``arrival + budget`` (``time.perf_counter()`` clock).
+
+        Parameters
+        ----------
+        frame : ndarray, shape (H, W)
+        arrival : float, optional
+            When the frame arrived (default: now); the deadline counts from it.
+        budget_s : float, optional
+            This frame's budget (default ``settings.budget_s``; None: no deadline).
+        """
+        arrival = time.perf_counter() if arrival is None else arrival
+        if self._worker is None:
+            raise RuntimeError("call init(frame0, mask0) before step(frame)")
+        index, self._next_index = self._next_index, self._next_index + 1
+        frame = check_frame(frame, index)
+        if frame.shape != self._frame_shape:
+            raise ValueError(
+                f"frame {index} has shape {frame.shape} but frame 0 is {self._frame_shape}; "
+                "every frame of a sequence must have the same size."
+            )
+        budget = check_budget(budget_s, "budget_s") if budget_s is not None else None
+        budget = budget or self.settings.budget_s
+        deadline = None if budget is None else arrival + budget
+        timing = {"arrival": arrival, "budget_ms": math.nan if budget is None else budget * 1e3}
+        if not self._worker_free(deadline):
+            busy = f"the registration of frame {self._in_flight.index} is still running"
+            return self._fallback(index, busy, **timing)
+        schedule = choose_schedule(_ms_left(deadline), self._worker.works, self.cost)
+        submitted = time.perf_counter()
+        future = self._worker.submit(frame, self._previous, index, schedule=schedule,
+                                     return_fields=self.return_fields)  # fmt: skip
+        try:
+            result = future.result(timeout=_seconds_left(deadline))
+        except FutureTimeout:
+            self._in_flight = _InFlight(index, future, submitted, self._worker.works[schedule])
+            return self._fallback(index, f"deadline: registration ({schedule.name}) not done "
+                                  f"within {budget * 1e3:.0f} ms", **timing)  # fmt: skip
+        self._absorb(result, submitted, self._worker.works[schedule])
+        return self._answer(result, **timing)
+
+    def _worker_free(self, deadline: float | None) -> bool:
+        """Collect a late registration; wait for it while a new one could still fit."""
+        if self._in_flight is None:
+            return True
+        in_flight = self._in_flight
+        wait = _seconds_left(deadline)
+        if wait is not None:
+            wait = max(0.0, wait - self.predict_ms(LADDER[-1]) / 1e3)
+        try:
+            result = in_flight.future.result(timeout=wait)
+        except FutureTimeout:
+            return False
+        self._in_flight = None
+        self._absorb(result, in_flight.submitted, in_flight.work)
+        return True
+
+    def _absorb(self, result: FrameResult, submitted: float, work: int) -> None:
+        """Learn the cost; a registered mask is where the next frame starts from."""
+        self.cost.observe(work, (time.perf_counter() - submitted) * 1e3)
+        if result.source == "registration":
+            self._previous = result.mask
+
+    def _answer(self, result: FrameResult, *, arrival: float, budget_ms: float) -> FrameResult:
+        latency_ms = (time.perf_counter() - arrival) * 1e3
+        return replace(result, budget_ms=budget_ms, latency_ms=latency_ms)
+
+    def _fallback(self, index: int, reason: str, **timing) -> FrameResult:
+        logger.info("frame %d answered with the previous mask: %s", index, reason)
+        result = FrameResult(index=index, mask=self._previous, source="previous", reason=reason)
+        return self._answer(result, **timing)
+
+
+def _seconds_left(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.perf_counter() - _ANSWER_MARGIN_S)
+
+
+def _ms_left(deadline: float | None) -> float | None:
+    left = _seconds_left(deadline)
+    return None if left is None else left * 1e3
+
+
+def replay(
+    frames,
+    first_mask: np.ndarray,
+    *,
+    frame_rate_hz: float,
+    settings: TrackerSettings | None = None,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    start: int = 0,
+    previous_mask: np.ndarray | None = None,
+) -> Iterator[FrameResult]:
+    """Feed a recorded sequence to a :class:`RealtimeTracker` at its acquisition rate.
+
+    Frame t arrives ``t / frame_rate_hz`` seconds after frame 1; each answer is due
+    ``settings.budget_s`` after its frame arrives (``latency_ms`` in each record).
+    """
+    if not frame_rate_hz or not math.isfinite(frame_rate_hz) or frame_rate_hz <= 0:
+        raise ValueError(
+            f"frame_rate_hz must be a positive number, got {frame_rate_hz!r}; pass the "
+            "acquisition rate (frame-rate.json in a TrackRAD case)."
+        )
+    settings = settings or TrackerSettings()
+    with RealtimeTracker(settings, spacing_mm=spacing_mm) as tracker:
+        given = tracker.init(check_frame(frames[0], 0), first_mask,
+                             previous_mask=previous_mask, next_index=max(start, 1))  # fmt: skip
+        if start == 0:
+            yield given
+        clock = time.perf_counter()
+        for index in range(max(start, 1), len(frames)):
+            frame = frames[index]  # read before it "arrives": the scanner hands it over whole
+            arrival = clock + (index - max(start, 1)) / frame_rate_hz
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            yield tracker.step(frame, arrival=arrival)
