@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_phantom(commands)
     _add_impact(commands)
+    _add_realtime(commands)
+    _add_trackrad(commands)
     _add_report(commands)
     _add_sweep(commands)
     presets = commands.add_parser("presets", help="list the elastix presets")
@@ -59,6 +61,10 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--roi-margin-mm", type=float, default=20.0)
     command.add_argument("--flatten-sigma-mm", type=float, default=10.0,
                          help="divide frames by their smoothed copy (bias field); 0: off")  # fmt: skip
+    command.add_argument("--budget", type=float, metavar="SECONDS",
+                         help="time per frame: the registration schedule is fitted to it")  # fmt: skip
+    command.add_argument("--total-budget", type=float, metavar="SECONDS",
+                         help="time for the whole sequence (offline), shared over the frames")  # fmt: skip
 
 
 def _add_demo(commands) -> None:
@@ -164,6 +170,7 @@ def _settings(args):
     return TrackerSettings(
         preset=args.preset, overrides=parameter_overrides_from_strings(args.overrides),
         roi=args.roi, roi_margin_mm=args.roi_margin_mm, flatten_sigma_mm=args.flatten_sigma_mm,
+        budget_s=args.budget, total_budget_s=getattr(args, "total_budget", None),
     )  # fmt: skip
 
 
@@ -184,6 +191,97 @@ def _track(args) -> int:
         from .report import write_report
 
         print(f"report: {write_report(args.out)}")
+    return 0
+
+
+def _add_realtime(commands) -> None:
+    realtime = commands.add_parser(
+        "realtime",
+        help="replay a sequence at its frame rate, each frame answered within --budget",
+        description="Frames arrive at the acquisition rate (frame-rate.json, or --frame-rate); "
+        "each is answered within --budget seconds of its arrival, by registration when it "
+        "finishes in time, else by the last good mask. Prints latency percentiles and misses.",
+    )
+    realtime.add_argument("input", type=Path)
+    realtime.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
+    realtime.add_argument("--out", type=Path, required=True, help="output folder")
+    realtime.add_argument("--frame-rate", type=float, help="Hz (default: the case's own)")
+    _add_tracking_options(realtime)
+    realtime.set_defaults(budget=0.25)
+    realtime.add_argument("--report", action="store_true", help="also write OUT/report/")
+    _add_progress(realtime)
+    realtime.set_defaults(func=_realtime)
+
+
+def _realtime(args) -> int:
+    from .io import read_case
+    from .run import track_case
+
+    settings = _settings(args)
+    if settings.budget_s is None:
+        raise ValueError("realtime needs a per-frame --budget in seconds, e.g. --budget 0.25")
+    case = read_case(args.input, mask=args.mask)
+    rate = args.frame_rate or case.frame_rate_hz
+    if not rate:
+        raise ValueError(f"{args.input} has no frame rate (frame-rate.json); pass --frame-rate HZ")
+    output = track_case(case, args.out, settings=settings, restart=True, frame_rate_hz=rate,
+                        progress=not args.no_progress)  # fmt: skip
+    print(latency_summary(args.out / "frames.jsonl", settings.budget_s))
+    print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(args.out)}")
+    return 0
+
+
+def latency_summary(records_path: Path, budget_s: float) -> str:
+    """Latency percentiles, misses and answer sources of a run's frames.jsonl, as text."""
+    import numpy as np
+
+    records = [json.loads(line) for line in records_path.read_text().splitlines()][1:]
+    latency = np.array([r["latency_ms"] for r in records], float)
+    sources = {s: sum(r["source"] == s for r in records) for s in {r["source"] for r in records}}
+    p50, p95, p99 = np.percentile(latency, [50, 95, 99])
+    misses = int((latency > budget_s * 1e3).sum())
+    return (
+        f"{len(records)} frames, budget {budget_s * 1e3:.0f} ms: latency p50 {p50:.0f} ms, "
+        f"p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {latency.max():.0f} ms; "
+        f"{misses} deadline misses; answers: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
+    )
+
+
+def _add_trackrad(commands) -> None:
+    trackrad = commands.add_parser(
+        "trackrad",
+        help="the TrackRAD2025 container contract: /input -> /output",
+        description="Reads the challenge's input folder (images/mri-linacs/*.mha, "
+        "images/mri-linac-target/*.mha, frame-rate.json, ...) and writes "
+        "output/images/mri-linac-series-targets/output.mha, uint8, compressed.",
+    )
+    trackrad.add_argument("--input", type=Path, default=Path("/input"))
+    trackrad.add_argument("--output", type=Path, default=Path("/output"))
+    _add_tracking_options(trackrad)
+    trackrad.set_defaults(budget=0.5)  # the challenge allows 1 s per frame on its GPU
+    _add_progress(trackrad)
+    trackrad.set_defaults(func=_trackrad)
+
+
+def _trackrad(args) -> int:
+    import tempfile
+
+    from .io import read_case
+    from .run import track_case
+
+    settings = _settings(args)
+    case = read_case(args.input)
+    output = args.output / "images" / "mri-linac-series-targets" / "output.mha"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="regtrack-trackrad-") as work:
+        track_case(case, work, settings=settings, output_path=output,
+                   progress=not args.no_progress)  # fmt: skip
+    print(f"masks: {output}")
     return 0
 
 

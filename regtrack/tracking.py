@@ -423,6 +423,8 @@ def track(
     roi: bool | None = None,
     roi_margin_mm: float = 20.0,
     flatten_sigma_mm: float = 10.0,
+    budget_s: float | None = None,
+    total_budget_s: float | None = None,
     return_fields: bool = False,
     **overrides: Any,
 ) -> TrackResult:
@@ -446,6 +448,10 @@ def track(
     flatten_sigma_mm : float
         Divide each frame by its Gaussian-smoothed copy at this scale before registering
         (removes the coil's bias field); 0 to register the frames as they are.
+    budget_s, total_budget_s : float, optional
+        Seconds per frame, or for the whole sequence: the iteration schedule is chosen to
+        fit (a cost model calibrated on frame 0). For answers that must never be late, use
+        :class:`regtrack.realtime.RealtimeTracker`.
     return_fields : bool
         Also return each frame's displacement field (mm).
     **overrides
@@ -468,8 +474,8 @@ def track(
     """
     settings = TrackerSettings(
         preset=preset, overrides=overrides, roi=roi, roi_margin_mm=roi_margin_mm,
-        flatten_sigma_mm=flatten_sigma_mm,
-    )
+        flatten_sigma_mm=flatten_sigma_mm, budget_s=budget_s, total_budget_s=total_budget_s,
+    )  # fmt: skip
     n_frames, frame_shape = check_frames(frames)
     masks = np.zeros((n_frames, *frame_shape), np.uint8)
     fields = np.zeros((n_frames, *frame_shape, 2), np.float32) if return_fields else None
