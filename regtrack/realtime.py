@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
+from typing import Self
 
 import numpy as np
 
@@ -154,7 +155,7 @@ class RealtimeTracker:
         self._next_index = 1
         self._frame_shape: tuple[int, int] | None = None
 
-    def __enter__(self) -> RealtimeTracker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -121,7 +121,8 @@ def test_realtime_and_trackrad_commands(tmp_path, jump_sequence, capsys):
     (container / "input" / "images" / "mri-linac-target").mkdir(parents=True)
     loaded = read_case(case)
     (case / "images" / "case_frames.mha").rename(
-        container / "input" / "images" / "mri-linacs" / "seq.mha")
+        container / "input" / "images" / "mri-linacs" / "seq.mha"
+    )
     (case / "targets" / "case_first_label.mha").rename(
         container / "input" / "images" / "mri-linac-target" / "mask.mha")  # fmt: skip
     assert main(["trackrad", "--input", str(container / "input"),
