@@ -390,6 +390,57 @@ def _report_page(data: dict):
     return "Report writing time", [table], [("Where the seconds go", figure)], notes
 
 
+# --------------------------------------------------------------------------- budget
+
+
+def _budget_label(budget) -> str:
+    return "unlimited" if budget is None else f"{budget:g} s"
+
+
+@benchmark_page("budget")
+def _budget_page(data: dict):
+    """benchmarks/budget.py: accuracy against the per-frame budget, latency percentiles."""
+    from matplotlib.figure import Figure
+
+    summary = data.get("summary", [])
+    rows = [[_budget_label(r["budget_s"]), r["dsc"], r["centre_distance_mm"], r["p99_ms"],
+             r["max_ms"], f"{r['misses']}/{r['frames']}", 100 * r["fallback_share"]]
+            for r in summary]  # fmt: skip
+    table = Table(
+        "Mean over cases per budget",
+        ["budget", "DSC", "CD mm", "p99 ms", "max ms", "deadline misses", "fallback %"], rows,
+        formats=[None, ".4f", ".3f", ".0f", ".0f", None, ".0f"], best={1: "max", 2: "min"},
+        note="Each case replayed at its acquisition rate; latency from a frame's arrival to "
+        "its answer. 'unlimited' is the offline run with the preset's full schedule.",
+    )  # fmt: skip
+    runs = data.get("runs", [])
+    latency = {_budget_label(r["budget_s"]): np.concatenate(
+        [q["latency_ms"] for q in runs if q["budget_s"] == r["budget_s"]]) for r in summary}  # fmt: skip
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    dsc_ax, cd_ax = figure.subplots(1, 2)
+    finite = [r for r in summary if r["budget_s"] is not None]
+    budgets = [r["budget_s"] for r in finite]
+    for case in data.get("cases", []):
+        per_case = {q["budget_s"]: q["scores"] for q in runs if q["case"] == case}
+        dsc_ax.plot(budgets, [per_case[b]["dsc"] for b in budgets], "o-", ms=3, label=case)
+        cd_ax.plot(budgets, [per_case[b]["centre_distance_mm"] for b in budgets], "o-", ms=3)
+    for ax, key, label in ((dsc_ax, "dsc", "DSC"), (cd_ax, "centre_distance_mm", "CD mm")):
+        reference = [r[key] for r in summary if r["budget_s"] is None]
+        if reference:
+            ax.axhline(reference[0], color="k", ls="--", lw=1, label="unlimited (mean)")
+        ax.plot(budgets, [r[key] for r in finite], "k-o", lw=2, label="mean")
+        ax.set_xscale("log")
+        ax.set_xlabel("budget per frame (s)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    dsc_ax.legend(fontsize=7)
+    tables = [table, percentile_table("Latency, all cases pooled", latency)]
+    machine = data.get("machine", {})
+    notes = [(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; elastix in a "
+              "worker process, answers at the deadline from the last good mask.")]  # fmt: skip
+    return "Accuracy against the time budget", tables, [("Accuracy per budget", figure)], notes
+
+
 # --------------------------------------------------------------------------- anything else
 
 
