@@ -66,6 +66,7 @@ __all__ = [
     "SAM2HieraFeatures",
     "Sam2CheckpointInfo",
     "inspect_checkpoint",
+    "read_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -163,8 +164,8 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     return path
 
 
-def _read_trunk_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """Return the trunk weights (prefix removed) and whether the file looks like SAM2.1."""
+def _read_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """Return the checkpoint's ``"model"`` dict, refusing files that are not SAM2.1's."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
@@ -174,17 +175,24 @@ def _read_trunk_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             f"({OFFICIAL_URL})"
         ) from exc
     model = ckpt.get("model") if isinstance(ckpt, dict) else None
-    trunk = {}
-    if isinstance(model, dict):
-        trunk = {
-            k[len(_TRUNK_PREFIX) :]: v for k, v in model.items() if k.startswith(_TRUNK_PREFIX)
-        }
-    if not trunk:
+    if not isinstance(model, dict) or not any(k.startswith(_TRUNK_PREFIX) for k in model):
         raise ValueError(
             f"{str(path)!r} is not a SAM2.1 checkpoint: it has no 'model' dict with "
             f"'{_TRUNK_PREFIX}*' weights; pass an official SAM2.1 file ({_official_list()})"
         )
-    return trunk, "no_obj_embed_spatial" in model
+    return model
+
+
+def _trunk_of(model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk weights of a ``"model"`` dict, prefix removed."""
+    n = len(_TRUNK_PREFIX)
+    return {k[n:]: v for k, v in model.items() if k.startswith(_TRUNK_PREFIX)}
+
+
+def _read_trunk_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Return the trunk weights (prefix removed) and whether the file looks like SAM2.1."""
+    model = _read_model_state(path)
+    return _trunk_of(model), "no_obj_embed_spatial" in model
 
 
 def _variant_from_weights(state: dict[str, torch.Tensor]) -> str | None:
@@ -278,6 +286,41 @@ def inspect_checkpoint(
     path = _resolve_checkpoint(checkpoint)
     state, _ = _read_trunk_state(path)
     return _check_official(path, _resolve_variant(state, path, variant))
+
+
+def read_checkpoint(
+    checkpoint: str | os.PathLike | None = None, *, variant: str | None = None
+) -> tuple[Sam2CheckpointInfo, dict[str, torch.Tensor]]:
+    """Find, read and identify a SAM2.1 checkpoint, reading the file once.
+
+    For code that needs the whole model (e.g. the SAM2.1 video tracker of
+    ``regtrack.sam``), not only the trunk :class:`SAM2HieraFeatures` keeps.
+
+    Parameters
+    ----------
+    checkpoint : str or path-like, optional
+        The checkpoint; default: the ``REGTRACK_SAM2_CHECKPOINT`` environment variable.
+    variant : str, optional
+        Force the size instead of inferring it from the weights.
+
+    Returns
+    -------
+    info : Sam2CheckpointInfo
+        As :func:`inspect_checkpoint` returns it.
+    state : dict of str to Tensor
+        The checkpoint's ``"model"`` dict (all weights, on the CPU).
+
+    Raises
+    ------
+    ValueError
+        No checkpoint given, or the file is not a readable SAM2.1 checkpoint.
+    FileNotFoundError
+        The file does not exist.
+    """
+    path = _resolve_checkpoint(checkpoint)
+    state = _read_model_state(path)
+    info = _check_official(path, _resolve_variant(_trunk_of(state), path, variant))
+    return info, state
 
 
 def _build_trunk(variant: str, state: dict[str, torch.Tensor]) -> nn.Module:
