@@ -27,9 +27,12 @@ from .features import (
     resolve_native_models,
     uses_native_impact,
 )
+from .gate import folded_fraction, registration_gate
 from .io import as_binary_mask
 from .parameters import DEFAULT_PRESET, load_parameter_maps
 from .registration import RegistrationError, displacement_field, register_pair, warp_mask
+
+METHODS = ("registration", "sam", "hybrid")
 
 __all__ = ["FrameResult", "TrackResult", "TrackerSettings", "check_frames", "iter_track", "track"]
 
@@ -73,6 +76,22 @@ class TrackerSettings:
     total_budget_s : float or None
         Seconds for the whole sequence (offline): each frame gets what is left divided by the
         frames left.
+    method : {"registration", "sam", "hybrid"}
+        "registration": elastix alone. "sam": the SAM2.1 video tracker alone (a peer).
+        "hybrid": SAM's mask of frame t initialises the registration (translation and ROI),
+        and answers when the registration fails its gate or misses its deadline; without a
+        checkpoint, hybrid says so once and runs registration alone.
+    sam_checkpoint : str or None
+        SAM2.1 checkpoint file (default: the ``REGTRACK_SAM2_CHECKPOINT`` variable).
+    sam_image_size : int or None
+        SAM2.1 input side (default: the model's 1024; smaller is faster on a CPU).
+    check_folds : bool or None
+        Reject a registration whose B-spline folds (Jacobian determinant <= 0) inside the ROI;
+        costs one displacement field per frame (about 11 ms). None: on in hybrid mode.
+    max_jump_mm, agree_mm : float
+        Hybrid gate: a registration whose centroid moved more than ``max_jump_mm`` from the
+        previous frame while SAM's did not, and that lies more than ``agree_mm`` from SAM's,
+        is replaced by SAM's mask (:func:`regtrack.gate.hybrid_decision`).
     """
 
     preset: Any = DEFAULT_PRESET
@@ -86,8 +105,16 @@ class TrackerSettings:
     max_area_ratio: float = 2.0
     budget_s: float | None = None
     total_budget_s: float | None = None
+    method: str = "registration"
+    sam_checkpoint: str | None = None
+    sam_image_size: int | None = None
+    check_folds: bool | None = None
+    max_jump_mm: float = 10.0
+    agree_mm: float = 3.0
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         object.__setattr__(self, "budget_s", check_budget(self.budget_s, "budget_s"))
         object.__setattr__(
             self, "total_budget_s", check_budget(self.total_budget_s, "total_budget_s")
@@ -237,19 +264,6 @@ def _overrides(settings: TrackerSettings, use_roi: bool) -> dict:
     return overrides
 
 
-def _gate(mask: np.ndarray, metric_value: float, previous_area: int, settings) -> str:
-    """Why a registered mask is rejected, or '' when it passes."""
-    area = int(mask.sum())
-    if not np.isfinite(metric_value):
-        return "elastix reported no finite metric value"
-    if area == 0:
-        return "registered mask is empty"
-    ratio = area / previous_area
-    if not settings.min_area_ratio <= ratio <= settings.max_area_ratio:
-        return f"registered mask area changed x{ratio:.2f} from the previous frame"
-    return ""
-
-
 def iter_track(
     frames,
     first_mask: np.ndarray,
@@ -318,6 +332,13 @@ class _Engine:
     spacing_mm: tuple[float, float]
     use_roi: bool
 
+    @property
+    def check_folds(self) -> bool:
+        """Folds are looked for when asked, and by default in hybrid mode (SAM can take over)."""
+        if self.settings.check_folds is None:
+            return self.settings.method == "hybrid"
+        return self.settings.check_folds
+
     @classmethod
     def build(cls, frame0, first_mask, settings, spacing_mm) -> _Engine:
         spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
@@ -369,14 +390,21 @@ class _Engine:
         except RegistrationError as error:
             return _fallback(previous, str(error), start, **common)
         mask = warp_mask(self.first_mask, registration)
-        reason = _gate(mask, registration.metric_value, int(previous.sum()), self.settings)
+        folds, field_mm = 0.0, None
+        if self.check_folds or return_fields:
+            field_mm = displacement_field(registration)
+            region = np.zeros(mask.shape, bool)
+            region[box or (slice(None), slice(None))] = True
+            folds = folded_fraction(field_mm, self.spacing_mm, region) if self.check_folds else 0
+        reason = registration_gate(mask, registration.metric_value, int(previous.sum()),
+                                   self.settings, folds)  # fmt: skip
         if reason:
             return _fallback(previous, reason, start, **common)
-        field_mm = displacement_field(registration) if return_fields else None
         return FrameResult(
             mask=mask, source="registration", metric_value=registration.metric_value,
             iterations=registration.iterations, registration_ms=registration.elapsed_ms,
-            elapsed_ms=(time.perf_counter() - start) * 1e3, displacement_mm=field_mm, **common,
+            elapsed_ms=(time.perf_counter() - start) * 1e3,
+            displacement_mm=field_mm if return_fields else None, **common,
         )  # fmt: skip
 
 
