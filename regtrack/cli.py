@@ -65,6 +65,14 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
                          help="time per frame: the registration schedule is fitted to it")  # fmt: skip
     command.add_argument("--total-budget", type=float, metavar="SECONDS",
                          help="time for the whole sequence (offline), shared over the frames")  # fmt: skip
+    command.add_argument("--method", choices=("registration", "sam", "hybrid"),
+                         default="registration",
+                         help="registration alone, the SAM2.1 tracker alone, or SAM as "
+                         "initialiser and fallback of the registration")  # fmt: skip
+    command.add_argument("--sam-checkpoint", type=Path, metavar="PATH",
+                         help="SAM2.1 checkpoint (default: $REGTRACK_SAM2_CHECKPOINT)")  # fmt: skip
+    command.add_argument("--sam-image-size", type=int, metavar="PX",
+                         help="SAM2.1 input side (default 1024; smaller is faster on a CPU)")  # fmt: skip
 
 
 def _add_demo(commands) -> None:
@@ -171,6 +179,8 @@ def _settings(args):
         preset=args.preset, overrides=parameter_overrides_from_strings(args.overrides),
         roi=args.roi, roi_margin_mm=args.roi_margin_mm, flatten_sigma_mm=args.flatten_sigma_mm,
         budget_s=args.budget, total_budget_s=getattr(args, "total_budget", None),
+        method=args.method, sam_image_size=args.sam_image_size,
+        sam_checkpoint=str(args.sam_checkpoint) if args.sam_checkpoint else None,
     )  # fmt: skip
 
 

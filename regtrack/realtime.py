@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -25,6 +28,7 @@ from typing import Self
 import numpy as np
 
 from .budget import LADDER, CostModel, check_budget, choose_schedule
+from .gate import centroid_mm, hybrid_decision, metric_outlier
 from .tracking import (
     FrameResult,
     TrackerSettings,
@@ -121,6 +125,10 @@ class RealtimeTracker:
         schedule, return_fields) -> concurrent.futures.Future[FrameResult]`` and ``close()``.
     return_fields : bool
         Also compute each frame's displacement field.
+    sam_tracker : object, optional
+        For methods "sam" and "hybrid": a tracker with ``init(frame0, mask0)`` and
+        ``step(frame) -> SamAnswer``, e.g. ``regtrack.sam.SamTracker(model)`` around a model
+        already loaded (default: loaded from ``settings.sam_checkpoint``).
 
     Examples
     --------
@@ -137,6 +145,7 @@ class RealtimeTracker:
         spacing_mm: Sequence[float] = (1.0, 1.0),
         worker: str = "auto",
         return_fields: bool = False,
+        sam_tracker=None,
     ) -> None:
         if not callable(worker) and worker not in ("auto", "inline", "process"):
             raise ValueError(
@@ -148,9 +157,16 @@ class RealtimeTracker:
         if worker == "auto":
             self.worker_kind = "process" if self.settings.budget_s else "inline"
         self.return_fields = return_fields
+        self.method = self.settings.method
         self.cost = CostModel()
         self._worker = None
+        self._sam = None
+        self._sam_tracker = sam_tracker
+        self._sam_model = None
+        self._ready = False
         self._previous: np.ndarray | None = None
+        self._previous_index = 0
+        self._metrics: deque[float] = deque(maxlen=20)
         self._in_flight: _InFlight | None = None
         self._next_index = 1
         self._frame_shape: tuple[int, int] | None = None
@@ -166,6 +182,7 @@ class RealtimeTracker:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+        self._ready = False
 
     def init(
         self,
@@ -178,25 +195,52 @@ class RealtimeTracker:
     ) -> FrameResult:
         """Set frame 0 and its mask; returns frame 0's answer (the given mask).
 
-        ``previous_mask`` and ``next_index`` resume a sequence part-way. ``calibrate`` times a
-        few registrations of frame 0 so the first budgeted frame already has a cost model
-        (default: when a budget is set).
+        ``previous_mask`` and ``next_index`` resume a sequence part-way (SAM's memory then
+        starts again from frame 0 alone). ``calibrate`` times a few registrations of frame 0
+        so the first budgeted frame already has a cost model (default: when a budget is set).
         """
         self.close()
         frame0 = check_frame(frame0, 0)
         if frame0.ndim != 2:
             raise ValueError(f"frame 0 must be a 2D (H, W) image, got shape {frame0.shape}")
         mask0 = check_mask(mask0, frame0.shape)
-        self._worker = _WORKERS.get(self.worker_kind, self.worker_kind)(
-            frame0, mask0, self.settings, self.spacing_mm
-        )
+        self._sam = self._start_sam(frame0, mask0)
+        if self.method != "sam":
+            self._worker = _WORKERS.get(self.worker_kind, self.worker_kind)(
+                frame0, mask0, self.settings, self.spacing_mm
+            )
         self._frame_shape = frame0.shape
         self._previous = mask0 if previous_mask is None else np.asarray(previous_mask, bool)
-        self._in_flight, self._next_index = None, next_index
+        self._previous_index = next_index - 1
+        self._in_flight, self._next_index, self._ready = None, next_index, True
+        self._metrics.clear()
         budgeted = self.settings.budget_s or self.settings.total_budget_s
-        if calibrate if calibrate is not None else budgeted:
+        if self._worker and (calibrate if calibrate is not None else budgeted):
             self._calibrate(frame0, mask0)
         return FrameResult(index=0, mask=mask0, source="given")
+
+    def _start_sam(self, frame0, mask0):
+        """The SAM2.1 tracker for methods "sam" and "hybrid"; hybrid without one says so."""
+        if self.method == "registration":
+            return None
+        if self._sam_tracker is not None:
+            self._sam_tracker.init(frame0, mask0)
+            return self._sam_tracker
+        from impact.sam2_hiera import CHECKPOINT_ENV_VAR
+
+        from .sam import SamTracker, load_sam2_video
+
+        if self._sam_model is None:
+            checkpoint = self.settings.sam_checkpoint or os.environ.get(CHECKPOINT_ENV_VAR)
+            if self.method == "hybrid" and not checkpoint:
+                _say_once("hybrid mode has no SAM2.1 checkpoint (pass --sam-checkpoint or set "
+                          f"{CHECKPOINT_ENV_VAR}); running registration alone")  # fmt: skip
+                self.method = "registration"
+                return None
+            self._sam_model = load_sam2_video(checkpoint, image_size=self.settings.sam_image_size)
+        tracker = SamTracker(self._sam_model)
+        tracker.init(frame0, mask0)
+        return tracker
 
     def _calibrate(self, frame0, mask0) -> None:
         for schedule in _CALIBRATION:
@@ -224,7 +268,7 @@ class RealtimeTracker:
             This frame's budget (default ``settings.budget_s``; None: no deadline).
         """
         arrival = time.perf_counter() if arrival is None else arrival
-        if self._worker is None:
+        if not self._ready:
             raise RuntimeError("call init(frame0, mask0) before step(frame)")
         index, self._next_index = self._next_index, self._next_index + 1
         frame = check_frame(frame, index)
@@ -237,21 +281,62 @@ class RealtimeTracker:
         budget = budget or self.settings.budget_s
         deadline = None if budget is None else arrival + budget
         timing = {"arrival": arrival, "budget_ms": math.nan if budget is None else budget * 1e3}
+        sam = self._sam.step(frame) if self._sam else None
+        if self.method == "sam":
+            return self._take_sam(index, sam, "", **timing)
         if not self._worker_free(deadline):
             busy = f"the registration of frame {self._in_flight.index} is still running"
-            return self._fallback(index, busy, **timing)
+            return self._fallback(index, busy, sam, **timing)
+        start = self._starting_mask(sam)
         schedule = choose_schedule(_ms_left(deadline), self._worker.works, self.cost)
         submitted = time.perf_counter()
-        future = self._worker.submit(frame, self._previous, index, schedule=schedule,
+        future = self._worker.submit(frame, start, index, schedule=schedule,
                                      return_fields=self.return_fields)  # fmt: skip
         try:
             result = future.result(timeout=_seconds_left(deadline))
         except FutureTimeout:
             self._in_flight = _InFlight(index, future, submitted, self._worker.works[schedule])
-            return self._fallback(index, f"deadline: registration ({schedule.name}) not done "
-                                  f"within {budget * 1e3:.0f} ms", **timing)  # fmt: skip
+            late = f"deadline: registration ({schedule.name}) not done within {budget * 1e3:.0f} ms"
+            return self._fallback(index, late, sam, **timing)
         self._absorb(result, submitted, self._worker.works[schedule])
+        if result.source != "registration":
+            return self._fallback(index, result.reason, sam, **timing)
+        return self._decide(result, sam, **timing)
+
+    def _starting_mask(self, sam) -> np.ndarray:
+        """Where the registration starts: SAM's mask, unless it jumped away (a look-alike) or
+        changed size beyond the area gate (a leak into the neighbours)."""
+        if sam is None or not sam.mask.any():
+            return self._previous
+        jump = np.linalg.norm(centroid_mm(sam.mask, self.spacing_mm)
+                              - centroid_mm(self._previous, self.spacing_mm))  # fmt: skip
+        ratio = sam.mask.sum() / self._previous.sum()
+        plausible = self.settings.min_area_ratio <= ratio <= self.settings.max_area_ratio
+        return sam.mask if plausible and jump <= self.settings.max_jump_mm else self._previous
+
+    def _decide(self, result: FrameResult, sam, **timing) -> FrameResult:
+        """A passing registration is the answer, unless hybrid's gate hands it to SAM."""
+        if sam is None:
+            self._keep(result)
+            return self._answer(result, **timing)
+        reason = metric_outlier(result.metric_value, self._metrics)
+        keep = not reason
+        if keep:
+            keep, reason = hybrid_decision(
+                result.mask, sam.mask, self._previous, self.spacing_mm,
+                max_jump_mm=self.settings.max_jump_mm, agree_mm=self.settings.agree_mm,
+            )  # fmt: skip
+        if not keep and sam.mask.any():
+            return self._take_sam(result.index, sam, reason, **timing)
+        self._metrics.append(result.metric_value)
+        self._keep(result)
+        result = replace(result, sam_score=sam.score, gate="pass", reason=reason)
         return self._answer(result, **timing)
+
+    def _keep(self, result: FrameResult) -> None:
+        """The answer of a newer frame than the last one kept is where the next one starts."""
+        if result.index > self._previous_index:
+            self._previous, self._previous_index = result.mask, result.index
 
     def _worker_free(self, deadline: float | None) -> bool:
         """Collect a late registration; wait for it while a new one could still fit."""
@@ -267,22 +352,43 @@ class RealtimeTracker:
             return False
         self._in_flight = None
         self._absorb(result, in_flight.submitted, in_flight.work)
+        if result.source == "registration":
+            self._keep(result)  # late, but it warms the next frame
         return True
 
     def _absorb(self, result: FrameResult, submitted: float, work: int) -> None:
-        """Learn the cost; a registered mask is where the next frame starts from."""
+        """Learn the cost of a finished registration."""
         self.cost.observe(work, (time.perf_counter() - submitted) * 1e3)
-        if result.source == "registration":
-            self._previous = result.mask
 
     def _answer(self, result: FrameResult, *, arrival: float, budget_ms: float) -> FrameResult:
         latency_ms = (time.perf_counter() - arrival) * 1e3
         return replace(result, budget_ms=budget_ms, latency_ms=latency_ms)
 
-    def _fallback(self, index: int, reason: str, **timing) -> FrameResult:
+    def _take_sam(self, index: int, sam, reason: str, **timing) -> FrameResult:
+        result = FrameResult(index=index, mask=sam.mask, source="sam", reason=reason,
+                             sam_score=sam.score, gate="sam" if reason else "",
+                             elapsed_ms=sam.ms)  # fmt: skip
+        if sam.mask.any():
+            self._keep(result)
+        return self._answer(result, **timing)
+
+    def _fallback(self, index: int, reason: str, sam=None, **timing) -> FrameResult:
+        """No usable registration: SAM's mask when there is one, else the last good mask."""
+        if sam is not None and sam.mask.any():
+            return self._take_sam(index, sam, reason, **timing)
         logger.info("frame %d answered with the previous mask: %s", index, reason)
         result = FrameResult(index=index, mask=self._previous, source="previous", reason=reason)
         return self._answer(result, **timing)
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+_SAID: set[str] = set()
 
 
 def _seconds_left(deadline: float | None) -> float | None:

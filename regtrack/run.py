@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +53,10 @@ class RunFiles:
 
 
 def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> dict:
+    """What a run was asked: the case and every tracker setting (a resume must ask the same)."""
+    values = asdict(settings)
     preset = settings.preset
-    preset = [str(p) for p in preset] if isinstance(preset, (list, tuple)) else str(preset)
+    values["preset"] = [str(p) for p in preset] if isinstance(preset, (list, tuple)) else str(preset)
     return {
         "case": case.name,
         "files": getattr(case, "files", None),
@@ -62,14 +64,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
         "spacing_mm": [float(v) for v in case.spacing_mm],
         "frame_rate_hz": case.frame_rate_hz,
-        "preset": preset,
-        "overrides": dict(settings.overrides),
-        "roi": settings.roi,
-        "roi_margin_mm": settings.roi_margin_mm,
-        "flatten_sigma_mm": settings.flatten_sigma_mm,
-        "roi_grid_spacing_mm": settings.roi_grid_spacing_mm,
-        "budget_s": settings.budget_s,
-        "total_budget_s": settings.total_budget_s,
+        **values,
         "fields": return_fields,
     }
 

@@ -125,8 +125,10 @@ class TrackerSettings:
 class FrameResult:
     """The answer for one frame.
 
-    ``source`` is "given" (frame 0), "registration", or "previous" (the gate rejected the
-    registration, elastix failed, or the deadline came first; ``reason`` says why).
+    ``source`` is "given" (frame 0), "registration", "sam" (the SAM2.1 tracker's mask: method
+    "sam", or hybrid mode when the registration was rejected or late), or "previous" (the
+    last good mask: the gate rejected the registration, elastix failed, or the deadline came
+    first). ``reason`` says why, ``gate`` what the hybrid gate decided ("pass", "sam").
     ``schedule`` names the iteration/sample schedule used (:mod:`regtrack.budget`) and
     ``work`` its iterations x samples; ``budget_ms`` and ``latency_ms`` (arrival to answer)
     are set by the streaming tracker when it runs under a budget.
@@ -145,6 +147,8 @@ class FrameResult:
     roi: bool = False
     schedule: str = ""
     work: int = 0
+    sam_score: float = float("nan")
+    gate: str = ""
     budget_ms: float = float("nan")
     latency_ms: float = float("nan")
     displacement_mm: np.ndarray | None = None
@@ -453,6 +457,8 @@ def track(
     flatten_sigma_mm: float = 10.0,
     budget_s: float | None = None,
     total_budget_s: float | None = None,
+    method: str = "registration",
+    sam_checkpoint: str | None = None,
     return_fields: bool = False,
     **overrides: Any,
 ) -> TrackResult:
@@ -480,6 +486,11 @@ def track(
         Seconds per frame, or for the whole sequence: the iteration schedule is chosen to
         fit (a cost model calibrated on frame 0). For answers that must never be late, use
         :class:`regtrack.realtime.RealtimeTracker`.
+    method : {"registration", "sam", "hybrid"}
+        Registration alone, the SAM2.1 video tracker alone, or both (SAM initialises each
+        registration and answers when it fails its gate); see :class:`TrackerSettings`.
+    sam_checkpoint : str, optional
+        SAM2.1 checkpoint for "sam" and "hybrid" (default: ``REGTRACK_SAM2_CHECKPOINT``).
     return_fields : bool
         Also return each frame's displacement field (mm).
     **overrides
@@ -503,6 +514,7 @@ def track(
     settings = TrackerSettings(
         preset=preset, overrides=overrides, roi=roi, roi_margin_mm=roi_margin_mm,
         flatten_sigma_mm=flatten_sigma_mm, budget_s=budget_s, total_budget_s=total_budget_s,
+        method=method, sam_checkpoint=None if sam_checkpoint is None else str(sam_checkpoint),
     )  # fmt: skip
     n_frames, frame_shape = check_frames(frames)
     masks = np.zeros((n_frames, *frame_shape), np.uint8)
