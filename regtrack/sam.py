@@ -14,8 +14,9 @@ the spatial memory of the conditioning frame 0 and of the last ``num_maskmem - 1
 ``max_obj_ptrs_in_encoder - 1`` frames (15). The tracker keeps exactly that: older frames
 are dropped, frames outside the spatial window keep only their pointer, and no image
 features are cached. So at most 16 frame states are held (:attr:`SamTracker.stored_frames`),
-at most 7 with spatial memory (:attr:`SamTracker.memory_frames`); the answers equal those of
-``SAM2VideoPredictor.propagate_in_video`` on the whole sequence.
+at most 7 with spatial memory (:attr:`SamTracker.memory_frames`); given the sequence length
+(``num_frames``), the answers equal those of ``SAM2VideoPredictor.propagate_in_video`` run
+on the whole sequence.
 
 ``image_size`` trades fidelity for speed. 1024 is SAM2's own input. Smaller multiples of
 32 work: the Hiera position embedding is interpolated to the token grid, the memory
