@@ -28,8 +28,9 @@ PEERS = ("copy_first_mask", "dis_flow", "tvl1_flow")
 DEFAULT_METHODS = ("regtrack:bspline_ncc", "regtrack:impact_mind", "regtrack:bspline_mi", *PEERS)
 
 
-def machine() -> dict:
-    """What ran the benchmark: CPU model, cores, Python, library versions."""
+def machine(packages: tuple[str, ...] = ()) -> dict:
+    """What ran the benchmark: CPU model, cores, Python, versions of the core libraries and
+    of ``packages``."""
     import importlib.metadata as md
 
     cpu = platform.processor()
@@ -42,7 +43,7 @@ def machine() -> dict:
         pass
     versions = {}
     for dist in ("regtrack", "itk-elastix", "SimpleITK", "numpy", "scipy", "torch",
-                 "opencv-python-headless", "scikit-image"):  # fmt: skip
+                 "opencv-python-headless", "scikit-image", *packages):  # fmt: skip
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -27,17 +27,10 @@ TARGET_S, TARGET_MB = 20.0, 10.0  # issue 9: under 20 s on 2 cores, movie under 
 
 def machine() -> dict:
     """accuracy.py's machine record plus the libraries a report uses and ffmpeg's version."""
-    import importlib.metadata as md
-
     sys.path.insert(0, str(Path(__file__).parent))
     from accuracy import machine as base_machine
 
-    info = base_machine()
-    for dist in ("matplotlib", "imageio", "imageio-ffmpeg", "jinja2", "pillow"):
-        try:
-            info["versions"][dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            info["versions"][dist] = None
+    info = base_machine(("matplotlib", "imageio", "imageio-ffmpeg", "jinja2", "pillow"))
     try:
         import imageio_ffmpeg
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import sqlite3
@@ -49,26 +48,11 @@ MaximumNumberOfIterations = [[30, 30, 30], [60, 60, 60]]
 
 
 def machine() -> dict:
-    """What ran the benchmark: CPU model, cores, load, Python, library versions."""
-    import importlib.metadata as md
+    """accuracy.py's machine record plus the libraries a sweep uses."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from accuracy import machine as base_machine
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("regtrack", "itk-elastix", "SimpleITK", "numpy", "scipy", "dask",
-                 "distributed", "matplotlib", "tqdm"):  # fmt: skip
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "python": sys.version.split()[0],
-            "platform": platform.platform(), "versions": versions}  # fmt: skip
+    return base_machine(("dask", "distributed", "matplotlib", "tqdm"))
 
 
 def load_average() -> list[float] | None:
