@@ -100,7 +100,9 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append", help="phantom case (default: all benchmark)")
     parser.add_argument("--budget", action="append", type=float, help="seconds (repeatable)")
     parser.add_argument("--frames", type=int, help="frames per case (default: the case's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "budget.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "budget.json"
+    )
     args = parser.parse_args(argv)
     cases = args.case or list(BENCHMARK_SPECS)
     budgets = [None, *(args.budget or BUDGETS)]

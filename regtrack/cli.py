@@ -116,7 +116,9 @@ def _add_evaluate(commands) -> None:
     )
     evaluate.add_argument("pred", type=Path)
     evaluate.add_argument("gt", type=Path)
-    evaluate.add_argument("--json", type=Path, help="where to write the scores (default PRED's folder)")
+    evaluate.add_argument(
+        "--json", type=Path, help="where to write the scores (default PRED's folder)"
+    )
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -143,10 +145,14 @@ def _add_impact(commands) -> None:
                         help="elastix IMPACT's interface forward(x, nb_layers, stats, direction)")  # fmt: skip
     export.add_argument("--patch-size", type=int, default=29,
                         help="native: the ImpactPatchSize the model is traced at")  # fmt: skip
-    export.add_argument("--checkpoint", type=Path, help="SAM2.1 checkpoint (or REGTRACK_SAM2_CHECKPOINT)")
+    export.add_argument(
+        "--checkpoint", type=Path, help="SAM2.1 checkpoint (or REGTRACK_SAM2_CHECKPOINT)"
+    )
     export.add_argument("--layers", type=int, nargs="+", help="SAM2.1 stages to return, e.g. 0 1")
     export.add_argument("--input-size", type=int, help="SAM2.1 encoder input side (default 1024)")
-    export.add_argument("--pca", type=int, help="SAM2.1: channels kept per layer (needs --reference)")
+    export.add_argument(
+        "--pca", type=int, help="SAM2.1: channels kept per layer (needs --reference)"
+    )
     export.add_argument("--reference", type=Path, help="image file whose first frame fits the PCA")
     export.set_defaults(func=_impact_export)
 

@@ -56,7 +56,9 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     """What a run was asked: the case and every tracker setting (a resume must ask the same)."""
     values = asdict(settings)
     preset = settings.preset
-    values["preset"] = [str(p) for p in preset] if isinstance(preset, (list, tuple)) else str(preset)
+    values["preset"] = (
+        [str(p) for p in preset] if isinstance(preset, (list, tuple)) else str(preset)
+    )
     return {
         "case": case.name,
         "files": getattr(case, "files", None),
