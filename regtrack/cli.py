@@ -203,11 +203,16 @@ def _track(args) -> int:
         return_fields=args.fields, restart=args.restart, progress=not args.no_progress,
     )  # fmt: skip
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
+    _report_if_asked(args)
+    return 0
+
+
+def _report_if_asked(args) -> None:
+    """``--report``: write OUT/report/ after the run."""
     if args.report:
         from .report import write_report
 
         print(f"report: {write_report(args.out)}")
-    return 0
 
 
 def _add_realtime(commands) -> None:
@@ -231,11 +236,13 @@ def _add_realtime(commands) -> None:
 
 def _realtime(args) -> int:
     from .io import read_case
+    from .parameters import load_parameter_maps
     from .run import track_case
 
     settings = _settings(args)
     if settings.budget_s is None:
         raise ValueError("realtime needs a per-frame --budget in seconds, e.g. --budget 0.25")
+    load_parameter_maps(settings.preset, settings.overrides)  # bad preset: fail before reading
     case = read_case(args.input, mask=args.mask)
     rate = args.frame_rate or case.frame_rate_hz
     if not rate:
@@ -244,10 +251,7 @@ def _realtime(args) -> int:
                         progress=not args.no_progress)  # fmt: skip
     print(latency_summary(args.out / "frames.jsonl", settings.budget_s))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
-    if args.report:
-        from .report import write_report
-
-        print(f"report: {write_report(args.out)}")
+    _report_if_asked(args)
     return 0
 
 

@@ -64,12 +64,9 @@ class _InlineWorker:
 _PROCESS_ENGINE: _Engine | None = None
 
 
-def _process_init(frame0, mask0, settings, spacing_mm) -> None:
+def _process_build(frame0, mask0, settings, spacing_mm) -> dict:
     global _PROCESS_ENGINE
     _PROCESS_ENGINE = _Engine.build(frame0, mask0, settings, spacing_mm)
-
-
-def _process_works() -> dict:
     return _PROCESS_ENGINE.works
 
 
@@ -84,10 +81,14 @@ class _ProcessWorker:
         import multiprocessing
 
         self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_process_init, initargs=(frame0, mask0, settings, spacing_mm),
-        )  # fmt: skip
-        self.works = self._pool.submit(_process_works).result()  # waits for the engine
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+        try:  # built as a task, not an initializer: a bad preset raises its own error here
+            self.works = self._pool.submit(_process_build, frame0, mask0, settings,
+                                           spacing_mm).result()  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
 
     def submit(self, *args, **kwargs) -> Future:
         return self._pool.submit(_process_track, *args, **kwargs)

@@ -27,7 +27,7 @@ from .features import (
     resolve_native_models,
     uses_native_impact,
 )
-from .gate import folded_fraction, registration_gate
+from .gate import centroid_mm, folded_fraction, registration_gate
 from .io import as_binary_mask
 from .parameters import DEFAULT_PRESET, load_parameter_maps
 from .registration import RegistrationError, displacement_field, register_pair, warp_mask
@@ -240,10 +240,6 @@ def flatten_intensity(frame: np.ndarray, sigma_mm: float, spacing_mm) -> np.ndar
     return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=np.float32)
 
 
-def _centroid_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
-    return np.asarray(ndimage.center_of_mass(mask)) * np.asarray(spacing_mm)
-
-
 def _roi_box(mask: np.ndarray, margin_mm: float, spacing_mm) -> tuple[slice, slice]:
     """The mask's bounding box grown by ``margin_mm`` on every side, clipped to the frame."""
     margin = np.ceil(margin_mm / np.asarray(spacing_mm)).astype(int)
@@ -362,7 +358,7 @@ class _Engine:
             parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
             works={schedule: work for schedule, (_, work) in scaled.items()},
             moving=moving, extractor=extractor,
-            first_mask=first_mask, first_centroid=_centroid_mm(first_mask, spacing_mm),
+            first_mask=first_mask, first_centroid=centroid_mm(first_mask, spacing_mm),
             settings=settings, spacing_mm=spacing_mm, use_roi=use_roi,
         )  # fmt: skip
 
@@ -376,7 +372,7 @@ class _Engine:
         fixed = self.extractor(frame) if self.extractor else frame
         feature_ms = (time.perf_counter() - features_start) * 1e3 if self.extractor else 0.0
         shift = tuple(
-            float(v) for v in self.first_centroid - _centroid_mm(previous, self.spacing_mm)
+            float(v) for v in self.first_centroid - centroid_mm(previous, self.spacing_mm)
         )
         box = (
             _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)

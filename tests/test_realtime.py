@@ -104,6 +104,14 @@ def test_streaming_in_a_process_gives_the_offline_masks(jump_sequence):
 
 
 @pytest.mark.slow
+def test_a_bad_preset_in_the_worker_process_raises_its_own_error(jump_sequence):
+    frames, masks = jump_sequence
+    settings = TrackerSettings(overrides={"Metric": "NoSuchMetric"}, budget_s=0.5)
+    with RealtimeTracker(settings) as tracker, pytest.raises(ValueError, match="not usable"):
+        tracker.init(frames[0], masks[0])
+
+
+@pytest.mark.slow
 def test_realtime_and_trackrad_commands(tmp_path, jump_sequence, capsys):
     frames, masks = jump_sequence
     case = write_trackrad_case(tmp_path, "case", frames, masks[0], masks, frame_rate_hz=8.0)
