@@ -283,9 +283,7 @@ def inspect_checkpoint(
     FileNotFoundError
         The file does not exist.
     """
-    path = _resolve_checkpoint(checkpoint)
-    state, _ = _read_trunk_state(path)
-    return _check_official(path, _resolve_variant(state, path, variant))
+    return read_checkpoint(checkpoint, variant=variant)[0]
 
 
 def read_checkpoint(
