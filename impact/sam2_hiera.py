@@ -169,9 +169,10 @@ def _read_model_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
+        reason = (str(exc).strip().splitlines() or [""])[0]  # torch appends pages of advice
         raise ValueError(
             f"{str(path)!r} could not be read as a PyTorch checkpoint ({type(exc).__name__}: "
-            f"{exc}); expected an official SAM2.1 file such as {VARIANTS['tiny'].filename} "
+            f"{reason}); expected an official SAM2.1 file such as {VARIANTS['tiny'].filename} "
             f"({OFFICIAL_URL})"
         ) from exc
     model = ckpt.get("model") if isinstance(ckpt, dict) else None

@@ -5,6 +5,8 @@ model from sam2's own config with hydra (random initialisation) and saves its st
 as ``{"model": state_dict}``, the layout of the official files.
 """
 
+import argparse
+
 import pytest
 import torch
 
@@ -105,6 +107,11 @@ def test_wrong_files_are_rejected(tmp_path):
     junk.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(ValueError, match="could not be read as a PyTorch checkpoint"):
         SAM2HieraFeatures(junk)
+    pickled = tmp_path / "pickled.pt"  # weights_only refuses it with pages of advice
+    torch.save({"model": argparse.Namespace(a=1)}, pickled)
+    with pytest.raises(ValueError, match="could not be read as a PyTorch checkpoint") as caught:
+        SAM2HieraFeatures(pickled)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 500
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, other)
     with pytest.raises(ValueError, match="not a SAM2.1 checkpoint"):
