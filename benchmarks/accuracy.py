@@ -8,6 +8,7 @@ on the same cases in the same run. Prints a table and writes JSON naming the mac
 
     python benchmarks/accuracy.py                       # benchmark cases, all methods
     python benchmarks/accuracy.py --cases appearance    # appearance-stress cases
+    python benchmarks/accuracy.py --cases severe        # the same stresses pushed further
     python benchmarks/accuracy.py --method regtrack:bspline_mi --method dis_flow --frames 30
 """
 
@@ -187,12 +188,12 @@ def format_results(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from regtrack.phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, generate_phantom
+    from regtrack.phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, SEVERE_SPECS, generate_phantom
 
 
     args = _parser().parse_args(argv)
-    specs = {"benchmark": BENCHMARK_SPECS, "appearance": APPEARANCE_SPECS,
-             "all": {**BENCHMARK_SPECS, **APPEARANCE_SPECS}}[args.cases]  # fmt: skip
+    specs = {"benchmark": BENCHMARK_SPECS, "appearance": APPEARANCE_SPECS, "severe": SEVERE_SPECS,
+             "all": {**BENCHMARK_SPECS, **APPEARANCE_SPECS, **SEVERE_SPECS}}[args.cases]  # fmt: skip
     methods = args.method or list(DEFAULT_METHODS)
     results = {}
     for case_name, spec in specs.items():
@@ -225,7 +226,7 @@ def _itk_threads() -> int | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", choices=("benchmark", "appearance", "all"), default="benchmark")
+    parser.add_argument("--cases", choices=("benchmark", "appearance", "severe", "all"), default="benchmark")
     parser.add_argument("--method", action="append", help="regtrack:<preset> or a peer name")
     parser.add_argument("--frames", type=int, default=None, help="frames per case")
     parser.add_argument("--out", type=Path,

@@ -60,7 +60,7 @@ class MIND(nn.Module):
     distance is ``D(x) = mean over the (2r+1)^2 box of (I(. + a d) - I(. + b d))^2``,
     a box filter of squared differences. ``D`` is shifted so that its smallest channel
     is 0, the variance estimate ``V(x)`` is the mean of the shifted distances over the
-    channels, clamped to ``[1e-3, 1e3]`` times its mean over the image, and the
+    channels, clamped to ``[variance_floor, 1e3]`` times its mean over the image, and the
     descriptor is ``exp(-D / V)``, in (0, 1]. Borders use replicate padding, so the
     output has the size of the input.
 
@@ -81,6 +81,13 @@ class MIND(nn.Module):
         Gaussian pre-smoothing of the image, in pixels (0: none, classic MIND-SSC).
         Cine-MRI noise otherwise dominates the patch distances: on the phantom's low-SNR
         and faint-tumour cases, sigma 1 cut the tracking centre error by 25-30 %.
+    variance_floor : float, optional
+        Smallest ``V(x)``, as a fraction of its mean over the image (> 0). Classic MIND
+        uses 1e-3, which turns the noise of flat regions (lung, liver parenchyma) into
+        full-range descriptor noise; at 1 a flat region stays near 1 in every frame and
+        only structure at least as strong as the image's typical structure is normalised
+        locally. On eight phantom cases it cut the centre error of MIND-only registration
+        from 0.35 to 0.21 mm (appearance cases) and 0.73 to 0.51 mm (severe cases).
 
     Attributes
     ----------
@@ -101,11 +108,19 @@ class MIND(nn.Module):
     out_channels: int
     radius: int
     dilation: int
+    variance_floor: float
 
-    def __init__(self, radius: int = 1, dilation: int = 2, sigma: float = 1.0) -> None:
+    def __init__(
+        self, radius: int = 1, dilation: int = 2, sigma: float = 1.0, variance_floor: float = 1.0
+    ) -> None:
         super().__init__()
         if not sigma >= 0:
             raise ValueError(f"MIND() 'sigma' must be >= 0 pixels, got {sigma!r}")
+        if not 0 < variance_floor <= 1e3:
+            raise ValueError(
+                f"MIND() 'variance_floor' must be in (0, 1000] (1e-3: classic MIND), "
+                f"got {variance_floor!r}"
+            )
         if not isinstance(radius, int) or radius < 0:
             raise ValueError(f"MIND() 'radius' must be an integer >= 0, got {radius!r}")
         if not isinstance(dilation, int) or dilation < 1:
@@ -113,18 +128,25 @@ class MIND(nn.Module):
         self.radius = radius
         self.dilation = dilation
         self.sigma = float(sigma)
+        self.variance_floor = float(variance_floor)
         self.out_channels = len(MIND_PAIRS)
         self.strides = (1,)
         self.register_buffer("pair_kernels", _pair_kernels())
         self.register_buffer("smoothing", _gaussian_kernel(self.sigma))
 
     def extra_repr(self) -> str:
-        return f"radius={self.radius}, dilation={self.dilation}, sigma={self.sigma}"
+        return (
+            f"radius={self.radius}, dilation={self.dilation}, sigma={self.sigma}, "
+            f"variance_floor={self.variance_floor}"
+        )
 
     def describe(self) -> dict[str, Any]:
         """Return what the exported model metadata records about this extractor."""
         return {
-            "name": f"mind_ssc_2d_r{self.radius}_d{self.dilation}_s{self.sigma:g}",
+            "name": (
+                f"mind_ssc_2d_r{self.radius}_d{self.dilation}_s{self.sigma:g}"
+                f"_v{self.variance_floor:g}"
+            ),
             "strides": [1],
             "offsets": [0.0],
             "input_size": None,
@@ -134,6 +156,7 @@ class MIND(nn.Module):
                 "radius": self.radius,
                 "dilation": self.dilation,
                 "sigma": self.sigma,
+                "variance_floor": self.variance_floor,
                 "pairs": "up-left, right-up, down-left, down-right (neighbours at dilation)",
             },
         }
@@ -184,7 +207,7 @@ class MIND(nn.Module):
         dist = sq - torch.amin(sq, dim=1, keepdim=True)
         var = torch.mean(dist, dim=1, keepdim=True)
         var_mean = torch.mean(var, dim=[1, 2, 3], keepdim=True)
-        var = torch.minimum(torch.maximum(var, var_mean * 1e-3), var_mean * 1e3)
+        var = torch.minimum(torch.maximum(var, var_mean * self.variance_floor), var_mean * 1e3)
         var = var + 1e-9  # a flat image: D = 0, V = 0, exp(-0) = 1
         return [torch.exp(-dist / var).to(dtype)]
 

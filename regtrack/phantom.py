@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "APPEARANCE_SPECS",
     "BENCHMARK_SPECS",
+    "SEVERE_SPECS",
     "SITES",
     "PhantomCase",
     "PhantomSpec",
@@ -1125,3 +1126,22 @@ APPEARANCE_SPECS: dict[str, PhantomSpec] = {
     ),
 }
 """Appearance-stress cases: faint tumour, low SNR, strong intensity drift, through-plane."""
+
+SEVERE_SPECS: dict[str, PhantomSpec] = {
+    "faint_severe": PhantomSpec(
+        name="faint_severe", n_frames=60, site="liver", tumour_radius_mm=20.0,
+        tumour_contrast=0.02, snr=10.0, seed=201,
+    ),
+    "snr_severe": PhantomSpec(
+        name="snr_severe", n_frames=60, site="liver", tumour_radius_mm=20.0, snr=3.0, seed=202,
+    ),
+    "through_plane_severe": PhantomSpec(
+        name="through_plane_severe", n_frames=60, site="lung", tumour_radius_mm=14.0,
+        through_plane=0.5, seed=204,
+    ),
+    "lung_low_snr": PhantomSpec(
+        name="lung_low_snr", n_frames=60, site="lung", tumour_radius_mm=10.0, snr=4.0, seed=205,
+    ),
+}
+"""The appearance stresses pushed further: tumour contrast 0.02, SNR 3 (liver) and 4 (a 10 mm
+lung tumour), tumour cross-section changing by +-50 %."""

@@ -29,7 +29,7 @@ def _texture(height: int, width: int, *, seed: int = 0) -> torch.Tensor:
     return F.avg_pool2d(noise, 5, stride=1) * 1000.0
 
 
-def _mind_reference(image: np.ndarray, radius: int, dilation: int) -> np.ndarray:
+def _mind_reference(image: np.ndarray, radius: int, dilation: int, floor: float) -> np.ndarray:
     """MIND-SSC by explicit loops: shape (4, H, W), from the formula in the docstring."""
     img = (image - image.min()) / (image.max() - image.min() + 1e-6)
     height, width = img.shape
@@ -44,7 +44,7 @@ def _mind_reference(image: np.ndarray, radius: int, dilation: int) -> np.ndarray
                 dist[channel, y, x] = sq[y : y + 2 * radius + 1, x : x + 2 * radius + 1].mean()
     dist -= dist.min(axis=0)
     var = dist.mean(axis=0)
-    var = np.clip(var, var.mean() * 1e-3, var.mean() * 1e3) + 1e-9
+    var = np.clip(var, var.mean() * floor, var.mean() * 1e3) + 1e-9
     return np.exp(-dist / var)
 
 
@@ -55,11 +55,14 @@ def test_output_is_one_layer_of_four_channels_at_input_size():
     assert MIND().out_channels == 4
 
 
-@pytest.mark.parametrize(("radius", "dilation"), [(1, 2), (2, 1), (0, 3)])
-def test_matches_hand_computed_descriptor(radius, dilation):
+@pytest.mark.parametrize(
+    ("radius", "dilation", "floor"), [(1, 2, 1.0), (2, 1, 1e-3), (0, 3, 1e-3), (1, 2, 0.3)]
+)
+def test_matches_hand_computed_descriptor(radius, dilation, floor):
     image = _texture(14, 17, seed=3)
-    got = MIND(radius=radius, dilation=dilation, sigma=0.0)(image)[0][0].double().numpy()
-    expected = _mind_reference(image[0, 0].double().numpy(), radius, dilation)
+    mind = MIND(radius=radius, dilation=dilation, sigma=0.0, variance_floor=floor)
+    got = mind(image)[0][0].double().numpy()
+    expected = _mind_reference(image[0, 0].double().numpy(), radius, dilation, floor)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -70,14 +73,18 @@ def test_values_in_unit_interval_with_a_one_per_pixel():
     torch.testing.assert_close(features.amax(dim=1), torch.ones(1, 40, 40))
 
 
-@pytest.mark.parametrize("shift", [(3, -2), (0, 5), (-4, 0)])
-def test_shifted_image_gives_shifted_descriptors(shift):
+@pytest.mark.parametrize(
+    ("shift", "floor", "tolerance"),
+    # the floor is a fraction of V's mean over the image, which a shift changes slightly
+    [((3, -2), 1e-3, 1e-4), ((0, 5), 1e-3, 1e-4), ((-4, 0), 1e-3, 1e-4), ((3, -2), 1.0, 0.03)],
+)
+def test_shifted_image_gives_shifted_descriptors(shift, floor, tolerance):
     big = _texture(140, 140, seed=1)
     dy, dx = shift
     size, start = 96, 20
     crop = big[:, :, start : start + size, start : start + size]
     moved = big[:, :, start + dy : start + dy + size, start + dx : start + dx + size]
-    mind = MIND(radius=1, dilation=2)
+    mind = MIND(radius=1, dilation=2, variance_floor=floor)
     a, b = mind(crop)[0], mind(moved)[0]
     # moved[y, x] = crop[y + dy, x + dx], so away from the borders (smoothing half-width +
     # dilation + radius + shift) MIND(moved)[y, x] = MIND(crop)[y + dy, x + dx]
@@ -85,7 +92,9 @@ def test_shifted_image_gives_shifted_descriptors(shift):
     inner = slice(margin, size - margin)
     rows = slice(margin + dy, size - margin + dy)
     cols = slice(margin + dx, size - margin + dx)
-    torch.testing.assert_close(b[..., inner, inner], a[..., rows, cols], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        b[..., inner, inner], a[..., rows, cols], atol=tolerance, rtol=tolerance
+    )
 
 
 def test_invariant_to_affine_intensity_change():
@@ -107,6 +116,8 @@ def test_rejects_bad_input_and_settings():
         MIND(radius=-1)
     with pytest.raises(ValueError, match="dilation"):
         MIND(dilation=0)
+    with pytest.raises(ValueError, match="variance_floor"):
+        MIND(variance_floor=0.0)
 
 
 def test_torchscript_script_matches_eager():
@@ -191,9 +202,29 @@ def test_sigma_smooths_the_image_first():
     smoothed = ndimage.gaussian_filter(image[0, 0].double().numpy(), 1.0, truncate=3.0)
     smoothed_image = torch.from_numpy(smoothed).float()[None, None]
     # Min-max scaling inside MIND differs between the two inputs; MIND does not care.
-    got = MIND(sigma=1.0)(image)[0][..., 8:-8, 8:-8]
-    expected = MIND(sigma=0.0)(smoothed_image)[0][..., 8:-8, 8:-8]
+    # The variance floor (a fraction of an image-wide mean) would see the borders too.
+    got = MIND(sigma=1.0, variance_floor=1e-3)(image)[0][..., 8:-8, 8:-8]
+    classic = MIND(sigma=0.0, variance_floor=1e-3)
+    expected = classic(smoothed_image)[0][..., 8:-8, 8:-8]
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-3)
-    assert not torch.allclose(got, MIND(sigma=0.0)(image)[0][..., 8:-8, 8:-8], atol=1e-2)
+    assert not torch.allclose(got, classic(image)[0][..., 8:-8, 8:-8], atol=1e-2)
     with pytest.raises(ValueError, match="sigma"):
         MIND(sigma=-1.0)
+
+
+def test_variance_floor_keeps_noise_in_flat_regions_from_the_descriptor():
+    """Two noise draws of the same edge image: with the floor the flat half's descriptors
+    agree far better between the draws, and the edge is described as before."""
+    generator = torch.Generator().manual_seed(4)
+    clean = torch.zeros(1, 1, 64, 64)
+    clean[..., 32:] = 1000.0  # a flat dark half and a flat bright half, one strong edge
+    draws = [clean + 20.0 * torch.randn(clean.shape, generator=generator) for _ in range(2)]
+    flat = (..., slice(8, 56), slice(4, 24))
+    edge = (..., slice(8, 56), slice(30, 34))
+    errors = {}
+    for floor in (1e-3, 1.0):
+        mind = MIND(variance_floor=floor)
+        a, b = (mind(d)[0] for d in draws)
+        errors[floor] = (a - b)[flat].abs().mean().item(), (a - b)[edge].abs().mean().item()
+    assert errors[1.0][0] < 0.25 * errors[1e-3][0]
+    assert errors[1.0][1] < 0.05

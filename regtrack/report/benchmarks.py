@@ -229,11 +229,12 @@ def method_label(name: str) -> str:
 
 def _case_sets(cases: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Cases grouped as in the README: benchmark cases, appearance-stress cases, others."""
-    from ..phantom import APPEARANCE_SPECS, BENCHMARK_SPECS
+    from ..phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, SEVERE_SPECS
 
     groups = [("Benchmark cases", [c for c in cases if c in BENCHMARK_SPECS]),
-              ("Appearance-stress cases", [c for c in cases if c in APPEARANCE_SPECS])]  # fmt: skip
-    known = set(BENCHMARK_SPECS) | set(APPEARANCE_SPECS)
+              ("Appearance-stress cases", [c for c in cases if c in APPEARANCE_SPECS]),
+              ("Severe appearance cases", [c for c in cases if c in SEVERE_SPECS])]  # fmt: skip
+    known = set(BENCHMARK_SPECS) | set(APPEARANCE_SPECS) | set(SEVERE_SPECS)
     groups.append(("Other cases", [c for c in cases if c not in known]))
     return [(name, members) for name, members in groups if members]
 
