@@ -51,7 +51,7 @@ def extractors(checkpoint: Path | None):
     """(name, factory) pairs; factories take a device."""
     from impact import MIND, SAM2HieraFeatures
 
-    yield "mind (r1 d2 sigma1)", lambda device: MIND().to(device)
+    yield "mind (r1 d2 sigma1 floor1)", lambda device: MIND().to(device)
     if checkpoint is None:
         return
     for size in (256, 512, 1024):
