@@ -188,12 +188,11 @@ def format_results(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from regtrack.phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, SEVERE_SPECS, generate_phantom
+    from regtrack.phantom import CASE_SETS, NAMED_SPECS, generate_phantom
 
 
     args = _parser().parse_args(argv)
-    specs = {"benchmark": BENCHMARK_SPECS, "appearance": APPEARANCE_SPECS, "severe": SEVERE_SPECS,
-             "all": {**BENCHMARK_SPECS, **APPEARANCE_SPECS, **SEVERE_SPECS}}[args.cases]  # fmt: skip
+    specs = {**CASE_SETS, "all": NAMED_SPECS}[args.cases]
     methods = args.method or list(DEFAULT_METHODS)
     results = {}
     for case_name, spec in specs.items():
@@ -225,8 +224,10 @@ def _itk_threads() -> int | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from regtrack.phantom import CASE_SETS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", choices=("benchmark", "appearance", "severe", "all"), default="benchmark")
+    parser.add_argument("--cases", choices=(*CASE_SETS, "all"), default="benchmark")
     parser.add_argument("--method", action="append", help="regtrack:<preset> or a peer name")
     parser.add_argument("--frames", type=int, default=None, help="frames per case")
     parser.add_argument("--out", type=Path,

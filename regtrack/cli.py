@@ -317,15 +317,9 @@ def _evaluate(args) -> int:
 
 
 def _phantom(args) -> int:
-    from .phantom import (
-        APPEARANCE_SPECS,
-        BENCHMARK_SPECS,
-        SEVERE_SPECS,
-        generate_phantom,
-        write_phantom_case,
-    )
+    from .phantom import BENCHMARK_SPECS, NAMED_SPECS, generate_phantom, write_phantom_case
 
-    specs = {**BENCHMARK_SPECS, **APPEARANCE_SPECS, **SEVERE_SPECS}
+    specs = NAMED_SPECS
     names = args.case or list(BENCHMARK_SPECS)
     unknown = [n for n in names if n not in specs]
     if unknown:

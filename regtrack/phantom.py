@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "APPEARANCE_SPECS",
     "BENCHMARK_SPECS",
+    "CASE_SETS",
+    "NAMED_SPECS",
     "SEVERE_SPECS",
     "SITES",
     "PhantomCase",
@@ -1145,3 +1147,15 @@ SEVERE_SPECS: dict[str, PhantomSpec] = {
 }
 """The appearance stresses pushed further: tumour contrast 0.02, SNR 3 (liver) and 4 (a 10 mm
 lung tumour), tumour cross-section changing by +-50 %."""
+
+CASE_SETS: dict[str, dict[str, PhantomSpec]] = {
+    "benchmark": BENCHMARK_SPECS,
+    "appearance": APPEARANCE_SPECS,
+    "severe": SEVERE_SPECS,
+}
+"""The named case sets, in the order the README and the benchmark pages show them."""
+
+NAMED_SPECS: dict[str, PhantomSpec] = {
+    name: spec for specs in CASE_SETS.values() for name, spec in specs.items()
+}
+"""Every named case of :data:`CASE_SETS`, by name."""

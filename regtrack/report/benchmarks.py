@@ -227,15 +227,18 @@ def method_label(name: str) -> str:
     return _PEER_NAMES.get(name, name)
 
 
+_CASE_SET_TITLES = {"benchmark": "Benchmark cases", "appearance": "Appearance-stress cases",
+                    "severe": "Severe appearance cases"}  # fmt: skip
+"""Page headings of :data:`regtrack.phantom.CASE_SETS`."""
+
+
 def _case_sets(cases: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Cases grouped as in the README: benchmark cases, appearance-stress cases, others."""
-    from ..phantom import APPEARANCE_SPECS, BENCHMARK_SPECS, SEVERE_SPECS
+    from ..phantom import CASE_SETS, NAMED_SPECS
 
-    groups = [("Benchmark cases", [c for c in cases if c in BENCHMARK_SPECS]),
-              ("Appearance-stress cases", [c for c in cases if c in APPEARANCE_SPECS]),
-              ("Severe appearance cases", [c for c in cases if c in SEVERE_SPECS])]  # fmt: skip
-    known = set(BENCHMARK_SPECS) | set(APPEARANCE_SPECS) | set(SEVERE_SPECS)
-    groups.append(("Other cases", [c for c in cases if c not in known]))
+    groups = [(_CASE_SET_TITLES[name], [c for c in cases if c in specs])
+              for name, specs in CASE_SETS.items()]  # fmt: skip
+    groups.append(("Other cases", [c for c in cases if c not in NAMED_SPECS]))
     return [(name, members) for name, members in groups if members]
 
 
