@@ -42,6 +42,13 @@ def _add_progress(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _add_input_options(command: argparse.ArgumentParser) -> None:
+    """INPUT, --mask and --out, as every command that tracks a case takes them."""
+    command.add_argument("input", type=Path)
+    command.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
+    command.add_argument("--out", type=Path, required=True, help="output folder")
+
+
 def _add_tracking_options(command: argparse.ArgumentParser) -> None:
     from .parameters import DEFAULT_PRESET
 
@@ -94,9 +101,7 @@ def _add_track(commands) -> None:
         description="INPUT is a TrackRAD case folder, the challenge's /input folder, or a "
         "sequence file (.mha, .nii.gz, .nrrd) with --mask. A rerun resumes an interrupted run.",
     )
-    track.add_argument("input", type=Path)
-    track.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
-    track.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_input_options(track)
     track.add_argument("--output-file", type=Path, help="final masks file (default OUT/output.mha)")
     _add_tracking_options(track)
     track.add_argument("--fields", action="store_true", help="also keep displacement fields")
@@ -223,9 +228,7 @@ def _add_realtime(commands) -> None:
         "each is answered within --budget seconds of its arrival, by registration when it "
         "finishes in time, else by the last good mask. Prints latency percentiles and misses.",
     )
-    realtime.add_argument("input", type=Path)
-    realtime.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
-    realtime.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_input_options(realtime)
     realtime.add_argument("--frame-rate", type=float, help="Hz (default: the case's own)")
     _add_tracking_options(realtime)
     realtime.set_defaults(budget=0.25)
