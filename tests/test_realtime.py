@@ -12,8 +12,8 @@ from regtrack.cli import main
 from regtrack.evaluation import read_mask_sequence
 from regtrack.io import read_case, write_trackrad_case
 from regtrack.metrics import dice
-from regtrack.realtime import RealtimeTracker, replay
-from regtrack.tracking import FrameResult, TrackerSettings, track
+from regtrack.realtime import RealtimeTracker
+from regtrack.tracking import FrameResult, TrackerSettings, replay, track
 
 
 class StandInWorker:

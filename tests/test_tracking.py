@@ -148,7 +148,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, translated):
 
 
 def test_flattening_cancels_a_smooth_bias(translated):
-    from regtrack.tracking import flatten_intensity
+    from regtrack.engine import flatten_intensity
 
     frames, _ = translated([(0, 0)])
     rows, cols = np.indices(frames[0].shape)
@@ -163,7 +163,7 @@ def test_flattening_cancels_a_smooth_bias(translated):
 
 
 def test_roi_uses_a_finer_grid_unless_overridden():
-    from regtrack.tracking import _overrides
+    from regtrack.engine import _overrides
 
     settings = TrackerSettings(roi_grid_spacing_mm=8.0)
     assert _overrides(settings, use_roi=True) == {"FinalGridSpacingInPhysicalUnits": 8.0}
