@@ -27,6 +27,7 @@ from regtrack.report import (
     write_benchmark_page,
     write_report,
 )
+from regtrack.report.benchmarks import method_label
 from regtrack.report.data import QUALITY_KEYS, SOURCES, schedule_words
 from regtrack.report.movie import _details
 
@@ -295,27 +296,78 @@ def test_run_whose_input_moved_still_renders(synthetic_run, tmp_path):
 # --------------------------------------------------------------------------- benchmark pages
 
 
+def _page_table(html: str, title: str) -> list[list[tuple[str, bool]]]:
+    """Rows of the table under heading ``title``: (cell text, bold) per cell."""
+    section = html.split(f"<h2>{title}</h2>", 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    cell = r'<td(?: class="num( bold)?")?>([^<]*)</td>'
+    return [
+        [(text, bool(bold)) for bold, text in re.findall(cell, row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.DOTALL)
+    ]
+
+
 def test_accuracy_page_compares_against_the_peers(tmp_path):
+    """Known scores: regtrack wins one case, DIS flow the other; the page puts each score in
+    its method's column and row, averages them, and bolds the winner, peer or not."""
+    scores = {  # case -> method -> (DSC, centre distance mm, s/frame)
+        "lung_slide": {"regtrack:bspline_ncc": (0.95, 0.20, 0.08),
+                       "dis_flow": (0.90, 0.60, 0.01), "copy_first_mask": (0.50, 4.0, 0.0)},
+        "liver_large": {"regtrack:bspline_ncc": (0.91, 0.90, 0.12),
+                        "dis_flow": (0.93, 0.40, 0.02), "copy_first_mask": (0.60, 3.0, 0.0)},
+    }  # fmt: skip
+    results = {case: {method: {"dsc": dsc, "centre_distance_mm": cd, "s_per_frame_median": s}
+                      for method, (dsc, cd, s) in methods.items()}
+               for case, methods in scores.items()}  # fmt: skip
+    source = tmp_path / "accuracy.json"
+    source.write_text(json.dumps({"benchmark": "accuracy", "machine": {"cpu": "TestCPU"},
+                                  "results": results}))  # fmt: skip
+    html = report_benchmark(source).read_text()
+    per_case = _page_table(html, "Per case: CD mm")
+    assert per_case == [
+        [("lung_slide", False), ("0.20", True), ("0.60", False), ("4.00", False)],
+        [("liver_large", False), ("0.90", False), ("0.40", True), ("3.00", False)],
+    ]
+    header = html.split("<h2>Per case: CD mm</h2>", 1)[1].split("</thead>", 1)[0]
+    names = ["regtrack bspline_ncc", "OpenCV DIS optical flow", "copy the first mask"]
+    assert re.findall(r"<th>([^<]*)</th>", header) == ["case", *names]
+    means = _page_table(html, "Benchmark cases: mean over 2 cases")
+    assert [row[0][0] for row in means] == names
+    assert [row[1] for row in means] == [("0.9300", True), ("0.9150", False), ("0.5500", False)]
+    assert [row[2] for row in means] == [("0.550", False), ("0.500", True), ("3.500", False)]
+
+
+def test_committed_accuracy_results_render_every_case_and_method(tmp_path):
     data = json.loads((BENCHMARKS / "accuracy.json").read_text())
     page = report_benchmark(BENCHMARKS / "accuracy.json", out=tmp_path / "accuracy.html")
     html = page.read_text()
-    for label in ("regtrack bspline_ncc", "OpenCV DIS optical flow", "copy the first mask"):
-        assert label in html
+    methods = {m for case in data["results"].values() for m in case}
+    for method in methods:
+        assert method_label(method) in html
     for case in data["results"]:
         assert case in html
-    ncc = data["results"]["lung_slide"]["regtrack:bspline_ncc"]["dsc"]
-    assert f"{ncc:.3f}" in html
     assert data["machine"]["cpu"] in html and _external_links(html) == []
     assert html.count("data:image/png;base64,") >= 2
 
 
-def test_features_page_and_cli(tmp_path, capsys):
+def test_features_page_from_the_cli_lists_each_extractor_fastest_in_bold(tmp_path, capsys):
     target = tmp_path / "features.json"
-    shutil.copy(BENCHMARKS / "features.json", target)
+    timings = [
+        ("mind", 3.0, 3.9),
+        ("sam2.1-tiny @ 256", 25.8, 27.7),
+        ("sam2.1-tiny @ 1024", 671.5, 704.4),
+    ]
+    results = [{"extractor": name, "device": "cpu", "median_ms": median, "p95_ms": p95}
+               for name, median, p95 in timings]  # fmt: skip
+    target.write_text(json.dumps({"benchmark": "features", "frame": [256, 256],
+                                  "torch_threads": 2, "results": results}))  # fmt: skip
     assert main(["report", str(target)]) == 0
-    html = (tmp_path / "features.html").read_text()
-    assert "sam2.1-tiny layers 0,1 @ 256" in html and "median ms" in html
-    assert "features.html" in capsys.readouterr().out
+    assert str(tmp_path / "features.html") in capsys.readouterr().out
+    rows = _page_table((tmp_path / "features.html").read_text(), "Feature extraction, one frame")
+    assert rows == [
+        [(name, False), ("cpu", False), (f"{median:.1f}", k == 0), (f"{p95:.1f}", k == 0)]
+        for k, (name, median, p95) in enumerate(timings)
+    ]
 
 
 def test_benchmark_page_api_bolds_the_best_and_embeds_figures(tmp_path):
