@@ -46,6 +46,7 @@ class _InlineWorker:
     def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
         self._engine = Engine.build(frame0, mask0, settings, spacing_mm)
         self.works = self._engine.works
+        self.step_sizes = self._engine.step_sizes
 
     def submit(self, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -59,10 +60,10 @@ class _InlineWorker:
 _PROCESS_ENGINE: Engine | None = None
 
 
-def _process_build(frame0, mask0, settings, spacing_mm) -> dict:
+def _process_build(frame0, mask0, settings, spacing_mm) -> tuple[dict, dict]:
     global _PROCESS_ENGINE
     _PROCESS_ENGINE = Engine.build(frame0, mask0, settings, spacing_mm)
-    return _PROCESS_ENGINE.works
+    return _PROCESS_ENGINE.works, _PROCESS_ENGINE.step_sizes
 
 
 def _process_track(*args, **kwargs) -> FrameResult:
@@ -79,7 +80,7 @@ class _ProcessWorker:
             max_workers=1, mp_context=multiprocessing.get_context("spawn")
         )
         try:  # built as a task, not an initializer: a bad preset raises its own error here
-            self.works = self._pool.submit(_process_build, frame0, mask0, settings,
+            self.works, self.step_sizes = self._pool.submit(_process_build, frame0, mask0, settings,
                                            spacing_mm).result()  # fmt: skip
         except BaseException:
             self.close()
@@ -216,7 +217,8 @@ class RealtimeTracker:
         budgeted = self.settings.budget_s or self.settings.total_budget_s
         if self._worker and (calibrate if calibrate is not None else budgeted):
             self._calibrate(frame0, mask0)
-        return FrameResult(index=0, mask=mask0, source="given")
+        step_sizes = getattr(self._worker, "step_sizes", None) or None
+        return FrameResult(index=0, mask=mask0, source="given", step_sizes=step_sizes)
 
     def _method_that_runs(self) -> str:
         """The settings' method, decided once: hybrid without a SAM2.1 checkpoint says so and

@@ -145,7 +145,7 @@ def track(
     spacing_mm: Sequence[float] = (1.0, 1.0),
     roi: bool | None = None,
     roi_margin_mm: float = 20.0,
-    flatten_sigma_mm: float = 10.0,
+    flatten_sigma_mm: float = 0.0,
     budget_s: float | None = None,
     total_budget_s: float | None = None,
     method: str = "registration",
