@@ -6,18 +6,21 @@ import json
 import re
 import shutil
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from regtrack import FrameResult
+from regtrack import FrameResult, TrackerSettings
 from regtrack.budget import LADDER
 from regtrack.cli import main
 from regtrack.io import read_case, write_trackrad_case
 from regtrack.metrics import evaluate_case
 from regtrack.phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
+from regtrack.realtime import RealtimeTracker
 from regtrack.report import (
     Table,
     load_run,
@@ -28,7 +31,13 @@ from regtrack.report import (
     write_report,
 )
 from regtrack.report.benchmarks import method_label
-from regtrack.report.data import QUALITY_KEYS, SOURCES, schedule_words
+from regtrack.report.data import (
+    QUALITY_KEYS,
+    SOURCES,
+    is_gate_rejected,
+    missed_deadline,
+    schedule_words,
+)
 from regtrack.report.movie import _details
 
 N_FRAMES = 6
@@ -262,6 +271,45 @@ def test_frame_panel_names_what_the_record_holds():
                        "within 150 ms").record()  # fmt: skip
     lines = _details(json.loads(json.dumps(late)))
     assert "deadline of 150 ms MISSED" in lines and "SAM score 0.750" in lines
+
+
+class _LateWorker:
+    """Registration stand-in for the streaming tracker: frame 1 takes 0.4 s, others answer."""
+
+    def __init__(self):
+        self.works = {schedule: 1000 for schedule in LADDER}
+        self._pool = ThreadPoolExecutor(1)
+
+    def __call__(self, *args):
+        return self
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        def register():
+            time.sleep(0.4 if index == 1 else 0.0)
+            return FrameResult(index=index, mask=previous, source="registration",
+                               schedule=schedule.name)  # fmt: skip
+
+        return self._pool.submit(register)
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+
+
+def test_missed_deadlines_read_from_the_streaming_trackers_records():
+    """The records RealtimeTracker writes when the deadline comes first (frame 1) and while
+    that late registration still runs (frame 2) count as missed deadlines, not rejections."""
+    frames = np.zeros((4, 32, 32), np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    with RealtimeTracker(TrackerSettings(budget_s=0.05), worker=_LateWorker()) as tracker:
+        tracker.init(frames[0], mask, calibrate=False)
+        answers = [tracker.step(frame) for frame in frames[1:3]]
+        time.sleep(0.5)
+        answers.append(tracker.step(frames[3]))
+    records = [json.loads(json.dumps(a.record())) for a in answers]
+    assert [r["source"] for r in records] == ["previous", "previous", "registration"]
+    assert [missed_deadline(r) for r in records] == [True, True, False]
+    assert not any(is_gate_rejected(r) for r in records)
 
 
 def test_record_reading_follows_frame_result():

@@ -302,11 +302,9 @@ def schedule_words(schedule: Any) -> str | None:
     """
     if not schedule:
         return None
-    if not isinstance(schedule, str):
-        return json.dumps(schedule, sort_keys=True, separators=(",", ":"))
-    found = _SCHEDULE.fullmatch(schedule.strip())
+    found = _SCHEDULE.fullmatch(str(schedule).strip())
     if not found:
-        return schedule
+        return str(schedule)
     iterations, samples = (float(v) for v in found.groups())
     if iterations == samples == 1:
         return "full"
