@@ -307,8 +307,9 @@ def rank_agreement(results: dict, kinds: dict[str, str]) -> dict[str, dict]:
         order = [r[m] for m in methods]
         tau = kendalltau(reference, order).statistic if len(methods) > 1 else 1.0
         agreement[case]["kendall_tau_vs_real"] = float(tau)
-        agreement[case]["same_order_as_real"] = bool(np.array_equal(np.argsort(reference),
-                                                                    np.argsort(order)))
+        agreement[case]["same_order_as_real"] = bool(
+            np.array_equal(np.argsort(reference), np.argsort(order))
+        )
     return agreement
 
 
@@ -348,8 +349,12 @@ def format_results(results: dict, kinds: dict[str, str], agreement: dict) -> str
         info = agreement.get(case, {})
         ranks = " ".join(f"{info['ranks'][m]:g}" for m in methods if m in info.get("ranks", {}))
         tau = info.get("kendall_tau_vs_real")
-        tau_text = "-" if tau is None else f"{tau:+.2f}" + (" same" if info["same_order_as_real"] else "")
-        lines.append(f"| {case} | {kinds[case]} | " + " | ".join(cells) + f" | {ranks} | {tau_text} |")
+        tau_text = (
+            "-" if tau is None else f"{tau:+.2f}" + (" same" if info["same_order_as_real"] else "")
+        )
+        lines.append(
+            f"| {case} | {kinds[case]} | " + " | ".join(cells) + f" | {ranks} | {tau_text} |"
+        )
     lines.append("")
     lines.append("Cells: DSC / centre distance mm. Ranks by DSC, in the column order (1 = best).")
     return "\n".join(lines)
@@ -418,18 +423,32 @@ def _itk_threads() -> int | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases-dir", type=Path, default=None,
-                        help="folder of TrackRAD-layout cases with labels (or one case folder)")
-    parser.add_argument("--semi", action="store_true",
-                        help="add semi-synthetic cases built from each real case's frame 0")
+    parser.add_argument(
+        "--cases-dir",
+        type=Path,
+        default=None,
+        help="folder of TrackRAD-layout cases with labels (or one case folder)",
+    )
+    parser.add_argument(
+        "--semi",
+        action="store_true",
+        help="add semi-synthetic cases built from each real case's frame 0",
+    )
     parser.add_argument("--cases", default=None,
                         help="comma-separated phantom sets: benchmark, appearance, severe, "
                              "realistic, all, or none (default: benchmark without --cases-dir, "
                              "none with it)")  # fmt: skip
-    parser.add_argument("--method", action="append",
-                        help="regtrack, regtrack:<preset> or a peer; repeat (default: all)")
-    parser.add_argument("--max-frames", type=int, default=None,
-                        help="use only the first N frames of every case (quick runs)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        help="regtrack, regtrack:<preset> or a peer; repeat (default: all)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="use only the first N frames of every case (quick runs)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     return parser
 

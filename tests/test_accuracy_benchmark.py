@@ -41,7 +41,9 @@ def test_scaling_for_the_peers_is_per_frame():
     frame = np.array([[0.0, 50.0], [100.0, 200.0]])
     np.testing.assert_allclose(accuracy.scale_unit(frame), [[0, 0.25], [0.5, 1.0]])
     np.testing.assert_allclose(accuracy.scale_unit(frame + 1000.0), accuracy.scale_unit(frame))
-    assert accuracy.scale_uint8(frame).dtype == np.uint8 and accuracy.scale_uint8(frame).max() == 255
+    assert (
+        accuracy.scale_uint8(frame).dtype == np.uint8 and accuracy.scale_uint8(frame).max() == 255
+    )
 
 
 @pytest.mark.parametrize("method", ["dis_flow", "tvl1_flow"])
@@ -80,7 +82,10 @@ def test_ranks_and_agreement_with_the_real_case():
     assert agreement["same"]["same_order_as_real"]
     assert agreement["flipped"]["kendall_tau_vs_real"] == pytest.approx(-1.0)
     assert not agreement["flipped"]["same_order_as_real"]
-    assert "kendall_tau_vs_real" not in accuracy.rank_agreement(results, {k: "phantom" for k in kinds})["same"]
+    assert (
+        "kendall_tau_vs_real"
+        not in accuracy.rank_agreement(results, {k: "phantom" for k in kinds})["same"]
+    )
 
 
 def _write_case(directory: Path, name: str) -> Path:

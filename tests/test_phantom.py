@@ -36,7 +36,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _contrast(case: PhantomCase) -> float:
     """Tumour minus surrounding-ring intensity on frame 0, over the cavity's 1-99 % range."""
     frame, mask = case.frames[0], case.first_mask
-    ring = ndimage.binary_dilation(mask, iterations=6) & ~ndimage.binary_dilation(mask, iterations=2)
+    ring = ndimage.binary_dilation(mask, iterations=6) & ~ndimage.binary_dilation(
+        mask, iterations=2
+    )
     low, high = np.percentile(frame[case.cavity_mask], [1, 99])
     return float(frame[mask].mean() - frame[ring].mean()) / float(high - low)
 
@@ -86,23 +88,34 @@ def test_named_cases_have_a_whole_tumour_on_every_frame(named_cases, name):
 
 
 def test_masks_are_the_frame0_tumour_warped_by_the_displacement():
-    case = generate_phantom(n_frames=30, site="liver", tumour_radius_mm=20.0,
-                            through_plane=0.0, breathing_amplitude_mm=15.0, seed=3)
+    case = generate_phantom(
+        n_frames=30,
+        site="liver",
+        tumour_radius_mm=20.0,
+        through_plane=0.0,
+        breathing_amplitude_mm=15.0,
+        seed=3,
+    )
     _, height, width = case.masks.shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     moved = False
     for t in range(len(case.masks)):
         u = case.displacement_mm[t].astype(np.float64)
-        warped = ndimage.map_coordinates(case.masks[0].astype(np.float64),
-                                         [rows - u[..., 0], cols - u[..., 1]], order=1) >= 0.5
+        warped = (
+            ndimage.map_coordinates(
+                case.masks[0].astype(np.float64), [rows - u[..., 0], cols - u[..., 1]], order=1
+            )
+            >= 0.5
+        )
         assert _dice(warped, case.masks[t]) > 0.98, t
         moved |= _dice(case.masks[0], case.masks[t]) < 0.9
     assert moved, "the tumour should move away from its frame-0 position"
 
 
 def test_sliding_static_outside_cavity_moving_inside():
-    case = generate_phantom(n_frames=20, breathing_amplitude_mm=15.0, snr=np.inf,
-                            intensity_drift=0.0, seed=4)
+    case = generate_phantom(
+        n_frames=20, breathing_amplitude_mm=15.0, snr=np.inf, intensity_drift=0.0, seed=4
+    )
     outside = ~case.cavity_mask
     assert outside.sum() > 0.3 * outside.size
     assert np.all(case.displacement_mm[:, outside] == 0)
@@ -119,9 +132,17 @@ def test_sliding_static_outside_cavity_moving_inside():
 
 
 def test_baseline_shift_moves_the_target_and_it_stays():
-    spec = PhantomSpec(n_frames=36, breathing_amplitude_mm=1.0, irregularity=0.0,
-                       drift_mm=0.0, through_plane=0.0, baseline_shift_mm=40.0,
-                       baseline_shift_frame=10, baseline_shift_frames=12, seed=5)
+    spec = PhantomSpec(
+        n_frames=36,
+        breathing_amplitude_mm=1.0,
+        irregularity=0.0,
+        drift_mm=0.0,
+        through_plane=0.0,
+        baseline_shift_mm=40.0,
+        baseline_shift_frame=10,
+        baseline_shift_frames=12,
+        seed=5,
+    )
     case = generate_phantom(spec)
     row = case.centroids_mm[:, 0]
     assert np.abs(row[:11] - row[0]).max() < 2.0
@@ -135,8 +156,15 @@ def test_baseline_shift_moves_the_target_and_it_stays():
 def test_lower_frame_rate_gives_larger_inter_frame_motion():
     steps = {}
     for rate in (1.0, 8.0):
-        case = generate_phantom(n_frames=24, shape=(128, 128), site="lung",
-                                tumour_radius_mm=8.0, frame_rate_hz=rate, snr=np.inf, seed=6)
+        case = generate_phantom(
+            n_frames=24,
+            shape=(128, 128),
+            site="lung",
+            tumour_radius_mm=8.0,
+            frame_rate_hz=rate,
+            snr=np.inf,
+            seed=6,
+        )
         steps[rate] = np.linalg.norm(np.diff(case.centroids_mm, axis=0), axis=1).mean()
     assert steps[1.0] > 3.0 * steps[8.0]
     assert steps[1.0] > 3.0
@@ -144,8 +172,9 @@ def test_lower_frame_rate_gives_larger_inter_frame_motion():
 
 def test_per_frame_intensity_rescaling_changes_frame_statistics():
     def variation(drift: float) -> float:
-        case = generate_phantom(n_frames=20, shape=(128, 128), intensity_drift=drift,
-                                snr=np.inf, seed=8)
+        case = generate_phantom(
+            n_frames=20, shape=(128, 128), intensity_drift=drift, snr=np.inf, seed=8
+        )
         static = ndimage.binary_erosion(~case.cavity_mask, iterations=2)
         static &= case.frames[0] > 0.2 * case.frames[0].max()
         means = case.frames[:, static].mean(axis=1)
@@ -157,14 +186,18 @@ def test_per_frame_intensity_rescaling_changes_frame_statistics():
 
 def test_faint_tumour_has_less_contrast_than_default(named_cases):
     faint = _contrast(named_cases["faint"])
-    default = _contrast(generate_phantom(n_frames=2, site="liver", tumour_radius_mm=20.0,
-                                         seed=201))
+    default = _contrast(generate_phantom(n_frames=2, site="liver", tumour_radius_mm=20.0, seed=201))
     assert 0.0 < faint < 0.4 * default
 
 
 def test_through_plane_changes_the_cross_section():
-    settings = {"n_frames": 40, "shape": (160, 160), "site": "lung", "tumour_radius_mm": 12.0,
-                "seed": 9}
+    settings = {
+        "n_frames": 40,
+        "shape": (160, 160),
+        "site": "lung",
+        "tumour_radius_mm": 12.0,
+        "seed": 9,
+    }
     fixed = generate_phantom(through_plane=0.0, **settings)
     varying = generate_phantom(through_plane=0.35, **settings)
     fixed_area = fixed.masks.sum(axis=(1, 2))
@@ -174,8 +207,14 @@ def test_through_plane_changes_the_cross_section():
 
 
 def test_breathing_is_irregular():
-    settings = {"n_frames": 80, "shape": (96, 96), "frame_rate_hz": 8.0, "drift_mm": 0.0,
-                "tumour_radius_mm": 5.0, "seed": 10}
+    settings = {
+        "n_frames": 80,
+        "shape": (96, 96),
+        "frame_rate_hz": 8.0,
+        "drift_mm": 0.0,
+        "tumour_radius_mm": 5.0,
+        "seed": 10,
+    }
     regular = generate_phantom(irregularity=0.0, **settings)
     irregular = generate_phantom(irregularity=1.0, **settings)
 
