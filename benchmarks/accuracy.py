@@ -13,7 +13,10 @@ Methods: regtrack (``regtrack`` = default settings, ``regtrack:<preset>``) and t
 copy-the-first-mask (the TrackRAD baseline), OpenCV DIS optical flow and scikit-image TV-L1,
 each flow computed straight from frame t to frame 0 and used to pull mask(0) onto frame t.
 Each peer gets the input its documentation assumes: DIS 8-bit frames, TV-L1 (whose default
-``attachment=15`` assumes intensities in [0, 1]) each frame min-max scaled to [0, 1].
+``attachment=15`` assumes intensities in [0, 1]) frames in [0, 1]; by default frame 0's range
+maps to [0, 1] for every frame (``--peer-scaling sequence``), or each frame's own min-max does
+(``--peer-scaling frame``; on frames already min-max scaled per frame this costs both flows
+accuracy: it re-scales frames whose maximum moved).
 
 Prints a table naming the machine, the ranking of the methods on every case and how it agrees
 with the ranking on the real cases, and writes JSON (``benchmarks/results/``).
@@ -96,17 +99,31 @@ def machine_line(info: dict) -> str:
 # -------------------------------------------------------------------------------------- peers
 
 
-def scale_unit(frame: np.ndarray) -> np.ndarray:
-    """Per-frame min-max to [0, 1], float32: what TV-L1's default attachment assumes. Cine
-    frames are rescaled frame to frame, so each frame is normalised on its own."""
+PEER_SCALINGS = ("sequence", "frame")
+"""How the flow peers' inputs are scaled: ``sequence`` maps frame 0's min..max to [0, 1] and
+applies that to every frame (keeps brightness constancy; causal); ``frame`` min-max scales
+each frame on its own (undoes per-frame gain, but re-scales frames that are already scaled)."""
+
+
+def scale_unit(frame: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Min-max to [0, 1], float32, what TV-L1's default ``attachment=15`` assumes: by the
+    frame's own range, or by ``value_range`` (frame 0's, for sequence scaling)."""
     frame = np.asarray(frame, dtype=np.float32)
-    low, high = float(frame.min()), float(frame.max())
+    low, high = value_range or (float(frame.min()), float(frame.max()))
     return (frame - low) / max(high - low, 1e-6)
 
 
-def scale_uint8(frame: np.ndarray) -> np.ndarray:
-    """Per-frame min-max to 0..255 uint8, the input OpenCV's DIS flow takes."""
-    return np.round(scale_unit(frame) * 255.0).astype(np.uint8)
+def scale_uint8(frame: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Min-max to 0..255 uint8 (clipped), the input OpenCV's DIS flow takes."""
+    return np.round(np.clip(scale_unit(frame, value_range), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _peer_range(frames, scaling: str) -> tuple[float, float] | None:
+    """Frame 0's intensity range for sequence scaling, None for per-frame scaling."""
+    if scaling == "frame":
+        return None
+    first = np.asarray(frames[0], dtype=np.float32)
+    return float(first.min()), float(first.max())
 
 
 def _warp_by_backward_flow(mask: np.ndarray, flow_rc: np.ndarray) -> np.ndarray:
@@ -118,24 +135,29 @@ def _warp_by_backward_flow(mask: np.ndarray, flow_rc: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(mask.astype(np.float32), coords, order=1) >= 0.5
 
 
-def track_dis_flow(frames, first_mask, spacing_mm):
+def track_dis_flow(frames, first_mask, spacing_mm, scaling="sequence"):
     """OpenCV DIS (medium preset), frame t straight to frame 0."""
     import cv2
 
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    reference = scale_uint8(frames[0])
+    value_range = _peer_range(frames, scaling)
+    reference = scale_uint8(frames[0], value_range)
     for frame in frames[1:]:
-        flow_xy = dis.calc(scale_uint8(frame), reference, None)  # frame_t(x) ~ frame_0(x + flow)
+        flow_xy = dis.calc(
+            scale_uint8(frame, value_range), reference, None
+        )  # frame_t(x) ~ frame_0(x + flow)
         yield _warp_by_backward_flow(first_mask, flow_xy.transpose(2, 0, 1)[::-1])
 
 
-def track_tvl1_flow(frames, first_mask, spacing_mm):
+def track_tvl1_flow(frames, first_mask, spacing_mm, scaling="sequence"):
     """scikit-image TV-L1 with its defaults, on frames scaled to [0, 1], frame t to frame 0."""
     from skimage.registration import optical_flow_tvl1
 
-    reference = scale_unit(frames[0])
+    value_range = _peer_range(frames, scaling)
+    reference = scale_unit(frames[0], value_range)
     for frame in frames[1:]:
-        yield _warp_by_backward_flow(first_mask, optical_flow_tvl1(scale_unit(frame), reference))
+        flow_rc = optical_flow_tvl1(scale_unit(frame, value_range), reference)
+        yield _warp_by_backward_flow(first_mask, flow_rc)
 
 
 def track_copy(frames, first_mask, spacing_mm):
@@ -173,7 +195,7 @@ def method_function(name: str):
     return functions[name]
 
 
-def run_method(name: str, case: BenchCase) -> dict:
+def run_method(name: str, case: BenchCase, *, peer_scaling: str = "sequence") -> dict:
     """Official scores of one method on one case, plus seconds per frame (frame 0 excluded)."""
     from regtrack.metrics import evaluate_case
 
@@ -181,6 +203,7 @@ def run_method(name: str, case: BenchCase) -> dict:
     seconds, timings = [], []
     method = method_function(name)
     extra = (timings,) if name.startswith("regtrack") else ()
+    extra = (peer_scaling,) if name in ("dis_flow", "tvl1_flow") else extra
     start = time.perf_counter()
     for mask in method(case.frames, case.first_mask, case.spacing_mm, *extra):
         masks.append(mask)
@@ -376,7 +399,9 @@ def main(argv=None) -> int:
         kinds[case.name] = case.kind
         results[case.name] = {}
         for method in methods:
-            row = results[case.name][method] = run_method(method, case)
+            row = results[case.name][method] = run_method(
+                method, case, peer_scaling=args.peer_scaling
+            )
             print(f"{case.name:<28}{method:<22} DSC {row['dsc']:.3f}  CD {row['centre_distance_mm']:6.2f} mm"
                   f"  {row['s_per_frame_median'] * 1e3:5.0f} ms/frame", flush=True)  # fmt: skip
     agreement = rank_agreement(results, kinds)
@@ -386,7 +411,7 @@ def main(argv=None) -> int:
     print(machine_line(info) + " (timings depend on the load of the machine)")
     report = {"benchmark": "accuracy", "cases": _cases_label(args), "machine": info,
               "itk_threads": _itk_threads(), "preset_sha256": preset_hashes(methods),
-              "max_frames": args.max_frames, "kinds": kinds, "rank_agreement": agreement,
+              "max_frames": args.max_frames, "peer_scaling": args.peer_scaling, "kinds": kinds, "rank_agreement": agreement,
               "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -448,6 +473,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="use only the first N frames of every case (quick runs)",
+    )
+    parser.add_argument(
+        "--peer-scaling",
+        choices=PEER_SCALINGS,
+        default="sequence",
+        help="flow peers' input scaling: frame 0's range for every frame "
+        "(sequence) or each frame's own min-max (frame)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     return parser

@@ -54,19 +54,32 @@ def test_flow_peers_carry_the_mask_to_the_moved_target(method):
     assert scores["dsc"] > 0.9 and scores["centre_distance_mm"] < 1.0, scores
 
 
-def test_tvl1_gets_frames_in_unit_range(monkeypatch):
+@pytest.mark.parametrize("scaling", ["sequence", "frame"])
+def test_tvl1_gets_frames_in_unit_range(monkeypatch, scaling):
     import skimage.registration
 
     seen = []
 
     def spy(reference, moving, **kwargs):
-        seen.append((float(reference.min()), float(reference.max()), kwargs))
+        seen.append((reference, moving, kwargs))
         return np.zeros((2, *reference.shape), dtype=np.float32)
 
     monkeypatch.setattr(skimage.registration, "optical_flow_tvl1", spy)
     frames, labels = _shifted_sequence()
-    list(accuracy.track_tvl1_flow(frames * 3.0 + 7.0, labels[0].astype(bool), (1.0, 1.0)))
-    assert seen and all(low == 0.0 and high == 1.0 and kw == {} for low, high, kw in seen)
+    frames = frames * 3.0 + 7.0
+    frames[2] *= 1.2  # a frame brighter than frame 0
+    list(accuracy.track_tvl1_flow(frames, labels[0].astype(bool), (1.0, 1.0), scaling))
+    assert len(seen) == 2 and all(kwargs == {} for *_, kwargs in seen)
+    for frame_t, frame_0, _ in seen:  # frame t is TV-L1's reference, frame 0 the moving image
+        assert frame_0.min() == 0.0 and frame_0.max() == 1.0
+    brighter = seen[1][0]
+    if scaling == "frame":
+        assert brighter.min() == 0.0 and brighter.max() == 1.0
+    else:  # frame 0's range for every frame: the brighter frame stays brighter
+        np.testing.assert_allclose(
+            brighter, accuracy.scale_unit(frames[2], (frames[0].min(), frames[0].max()))
+        )
+        assert brighter.max() > 1.1
 
 
 def test_ranks_and_agreement_with_the_real_case():
