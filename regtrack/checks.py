@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["as_binary_mask", "check_frame", "check_frames", "check_mask"]
+__all__ = ["as_binary_mask", "check_frame", "check_frames", "check_mask", "has_signal"]
 
 
 def check_frames(frames) -> tuple[int, tuple[int, int]]:
@@ -75,3 +75,10 @@ def as_binary_mask(values: np.ndarray, what: str, *, allow_empty: bool = False) 
             stacklevel=3,
         )
     return values != 0
+
+
+def has_signal(image: np.ndarray) -> bool:
+    """Whether an image varies at all: a constant one (a dropped frame, all zeros) gives
+    elastix nothing to register, and it would answer "converged" with frame 0's mask."""
+    image = np.asarray(image)
+    return bool(image.size) and float(np.ptp(image)) > 1e-6 * max(float(np.abs(image).max()), 1e-12)

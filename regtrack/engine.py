@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .budget import LADDER, Schedule, check_budget, scaled_maps
+from .checks import has_signal
 from .features import (
     NATIVE_IMPACT_MISSING,
     FeatureExtractor,
@@ -303,6 +304,9 @@ class Engine:
         common = {"index": index, "initial_shift_mm": shift, "roi": self.use_roi,
                   "feature_ms": feature_ms, "schedule": schedule.name,
                   "work": self.works[schedule]}  # fmt: skip
+        if not has_signal(frame[box or (slice(None), slice(None))]):
+            reason = "frame has no signal (constant) in the target's neighbourhood"
+            return _fallback(previous, reason, start, **common)
         try:
             registration = register_pair(
                 fixed, self.moving, self.parameter_maps[schedule], spacing_mm=self.spacing_mm,

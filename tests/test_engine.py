@@ -135,3 +135,13 @@ def test_a_40_mm_jump_under_a_bias_field_is_tracked_with_and_without_flattening(
                               spacing_mm=case.spacing_mm))  # fmt: skip
     scores = [dice(r.mask, case.masks[r.index]) for r in results[1:]]
     assert min(scores) > 0.9, scores
+
+
+@pytest.mark.parametrize("blank", [0.0, 7.0])
+def test_a_frame_without_signal_is_a_failed_frame_not_a_registration(translated, blank):
+    frames, masks = translated([(0, 0), (2, 1), (3, 1)])
+    frames[1] = blank
+    with pytest.warns(RuntimeWarning, match="no signal"):
+        results = list(iter_track(frames, masks[0]))
+    assert results[1].source == "previous" and "no signal" in results[1].reason
+    assert results[2].source == "registration"
