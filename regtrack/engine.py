@@ -101,7 +101,8 @@ class TrackerSettings:
         and answers when the registration fails its gate or misses its deadline; without a
         checkpoint, hybrid says so once and runs registration alone.
     sam_checkpoint : str or None
-        SAM2.1 checkpoint file (default: the ``REGTRACK_SAM2_CHECKPOINT`` variable).
+        SAM2.1 checkpoint file, for the SAM tracker and for SAM2.1 feature presets
+        (``impact_sam2``) alike (default: the ``REGTRACK_SAM2_CHECKPOINT`` variable).
     sam_image_size : int or None
         SAM2.1 input side (default: the model's 1024; smaller is faster on a CPU).
     check_folds : bool or None
@@ -264,9 +265,13 @@ class Engine:
         use_roi = _use_roi(settings, first_mask, spacing_mm)
         parameter_maps = load_parameter_maps(settings.preset, _overrides(settings, use_roi))
         if uses_native_impact(parameter_maps):
-            parameter_maps = resolve_native_models(parameter_maps)
+            parameter_maps = resolve_native_models(
+                parameter_maps, checkpoint=settings.sam_checkpoint
+            )
         spec = feature_spec(parameter_maps)
-        extractor = FeatureExtractor(spec, frame0) if spec else None
+        extractor = (
+            FeatureExtractor(spec, frame0, checkpoint=settings.sam_checkpoint) if spec else None
+        )
         moving = extractor(frame0) if extractor else frame0
         if extractor:
             parameter_maps = expand_for_channels(parameter_maps, extractor.weights)
