@@ -262,7 +262,9 @@ def latency_summary(records_path: Path, budget_s: float) -> str:
     """Latency percentiles, misses and answer sources of a run's frames.jsonl, as text."""
     import numpy as np
 
-    records = [json.loads(line) for line in records_path.read_text().splitlines()][1:]
+    from .runfolder import read_records
+
+    records = read_records(records_path)[1:]
     latency = np.array([r["latency_ms"] for r in records], float)
     sources = {s: sum(r["source"] == s for r in records) for s in {r["source"] for r in records}}
     p50, p95, p99 = np.percentile(latency, [50, 95, 99])
@@ -294,12 +296,12 @@ def _add_trackrad(commands) -> None:
 def _trackrad(args) -> int:
     import tempfile
 
-    from .io import read_case
+    from .io import container_output_path, read_case
     from .run import track_case
 
     settings = _settings(args)
     case = read_case(args.input)
-    output = args.output / "images" / "mri-linac-series-targets" / "output.mha"
+    output = container_output_path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="regtrack-trackrad-") as work:
         track_case(case, work, settings=settings, output_path=output,

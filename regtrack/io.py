@@ -54,6 +54,7 @@ __all__ = [
     "FrameReader",
     "Geometry",
     "case_from_arrays",
+    "container_output_path",
     "output_path_for",
     "read_case",
     "read_mask",
@@ -74,7 +75,7 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 _CONTAINER_SEQUENCE_DIR = Path("images") / "mri-linacs"
 _CONTAINER_MASK_DIR = Path("images") / "mri-linac-target"
-_CONTAINER_OUTPUT = Path("output") / "images" / "mri-linac-series-targets" / "output.mha"
+_CONTAINER_OUTPUT_FILE = Path("images") / "mri-linac-series-targets" / "output.mha"
 _FRAME_RATE_JSON = "frame-rate.json"
 _FIELD_STRENGTH_JSON = "b-field-strength.json"
 _SCANNED_REGION_JSON = "scanned-region.json"
@@ -1114,10 +1115,15 @@ def output_path_for(input_path: str | os.PathLike[str]) -> Path:
     path = Path(input_path)
     root = _container_root(path)
     if root is not None:
-        return root.parent / _CONTAINER_OUTPUT
+        return container_output_path(root.parent / "output")
     if path.is_dir():
         return path / "output.mha"
     return path.with_name(f"{_image_stem(path)}_output{_image_suffix(path)}")
+
+
+def container_output_path(output_dir: str | os.PathLike[str]) -> Path:
+    """The masks file the challenge expects in its output folder (``/output``)."""
+    return Path(output_dir) / _CONTAINER_OUTPUT_FILE
 
 
 def _container_root(path: Path) -> Path | None:

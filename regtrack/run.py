@@ -1,12 +1,6 @@
 """Tracking a case on disk: resumable, flushed frame by frame, nothing half-written.
 
-An output folder holds
-- ``run.json``: what was asked (case, its files, preset, overrides, ROI); a rerun must ask
-  the same;
-- ``frames.jsonl``: one record per frame, appended and flushed as each frame is answered;
-- ``masks.partial.npy``: the masks so far (a memory-mapped (T, H, W) uint8 array);
-- ``displacement.partial.npy``: optional (T, H, W, 2) float32 fields, mm (row, col);
-- ``output.mha``: the final masks in the TrackRAD format, written once every frame is done.
+The output folder's files are listed in :mod:`regtrack.runfolder` (:class:`RunFiles`).
 A record is appended only after its mask is on disk, so a crash on frame 900 keeps 0-899 and
 a rerun resumes at frame 900.
 """
@@ -16,40 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .realtime import replay
+from .runfolder import RunFiles, read_records
 from .tracking import TrackerSettings, iter_track
 
 __all__ = ["RunFiles", "track_case"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """Paths of one run's output folder."""
-
-    directory: Path
-
-    @property
-    def settings(self) -> Path:
-        return self.directory / "run.json"
-
-    @property
-    def records(self) -> Path:
-        return self.directory / "frames.jsonl"
-
-    @property
-    def masks(self) -> Path:
-        return self.directory / "masks.partial.npy"
-
-    @property
-    def fields(self) -> Path:
-        return self.directory / "displacement.partial.npy"
 
 
 def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> dict:
@@ -91,18 +63,9 @@ def _prepare(files: RunFiles, wanted: dict, restart: bool) -> int:
 
 def _frames_done(files: RunFiles) -> int:
     """Frames 0..n-1 recorded in order (a torn last line from a crash is ignored)."""
-    if not files.records.exists() or not files.masks.exists():
+    if not files.masks.exists():
         return 0
-    done = 0
-    for line in files.records.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if record.get("index") != done:
-            break
-        done += 1
-    return done
+    return len(read_records(files.records))
 
 
 def _open_array(path: Path, shape: tuple[int, ...], dtype, fresh: bool) -> np.ndarray:
@@ -170,7 +133,7 @@ def track_case(
         if done:
             logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
         _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz)
-    output = Path(output_path) if output_path else files.directory / "output.mha"
+    output = Path(output_path) if output_path else files.output
     write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
     return output
 
