@@ -7,6 +7,7 @@ a rerun resumes at frame 900.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .realtime import replay
-from .runfolder import RunFiles, read_records
+from .runfolder import RunFiles, file_fingerprint, fingerprint_change, hold_lock, read_records
 from .tracking import TrackerSettings, iter_track
 
 __all__ = ["RunFiles", "track_case"]
@@ -34,6 +35,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     return {
         "case": case.name,
         "files": getattr(case, "files", None),
+        "inputs": _input_fingerprints(case),
         "n_frames": int(case.frames.shape[0]),
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
         "spacing_mm": [float(v) for v in case.spacing_mm],
@@ -43,22 +45,73 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     }
 
 
+def _input_fingerprints(case) -> dict:
+    """Content fingerprints of the frames and the first mask: files when read from disk."""
+    files = getattr(case, "files", None) or {}
+    found = {}
+    for name, values in (("frames", case.frames), ("mask", case.first_mask)):
+        if files.get(name):
+            found[name] = file_fingerprint(files[name])
+        else:
+            array = np.ascontiguousarray(values)
+            digest = hashlib.sha256(array.view(np.uint8).data).hexdigest()
+            found[name] = {"path": f"<{name} array>", "size": array.nbytes, "sha256": digest,
+                           "hashed": "whole"}  # fmt: skip
+    return found
+
+
 def _prepare(files: RunFiles, wanted: dict, restart: bool) -> int:
     """Check an existing run matches ``wanted``; return how many frames are already done."""
-    files.directory.mkdir(parents=True, exist_ok=True)
-    if restart or not files.settings.exists():
-        for path in (files.records, files.masks, files.fields):
+    found = None if restart else _read_settings(files)
+    done = _frames_done(files) if found is not None else 0
+    if done == 0:  # nothing worth keeping: start over with what is asked now
+        for path in (files.records, files.masks, files.fields, files.output):
             path.unlink(missing_ok=True)
-        files.settings.write_text(json.dumps(wanted, indent=2, default=str))
+        _write_json(files.settings, wanted)
         return 0
-    found = json.loads(files.settings.read_text())
-    if found != json.loads(json.dumps(wanted, default=str)):
-        changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+    _check_same_inputs(files, found.pop("inputs", {}), wanted["inputs"])
+    asked = json.loads(json.dumps({k: v for k, v in wanted.items() if k != "inputs"}, default=str))
+    if found != asked:
+        changed = sorted(k for k in asked.keys() | found.keys() if found.get(k) != asked.get(k))
         raise ValueError(
             f"{files.directory} holds a run with other settings ({', '.join(changed)} differ); "
             "pass --restart to start over there, or choose another output folder."
         )
-    return _frames_done(files)
+    return done
+
+
+def _read_settings(files: RunFiles) -> dict | None:
+    """The run.json of a previous run; None when there is none."""
+    if not files.settings.exists():
+        return None
+    try:
+        return json.loads(files.settings.read_text())
+    except ValueError:
+        raise ValueError(
+            f"{files.settings} is not valid JSON (damaged); pass --restart to start over there, "
+            "or choose another output folder."
+        ) from None
+
+
+def _check_same_inputs(files: RunFiles, before: dict, now: dict) -> None:
+    """ValueError naming the first input file that is not the one the run started on."""
+    for name, fingerprint in now.items():
+        old = before.get(name)
+        why = "the run has no fingerprint of it" if old is None else None
+        why = why or fingerprint_change(old, fingerprint)
+        if why:
+            raise ValueError(
+                f"{fingerprint['path']} is not the input {files.directory} was tracked on "
+                f"({why}); pass --restart to track it again from frame 0, or choose another "
+                "output folder."
+            )
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write run.json whole or not at all (a crash mid-write leaves the old one)."""
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(scratch, path)
 
 
 def _frames_done(files: RunFiles) -> int:
@@ -122,20 +175,29 @@ def track_case(
 
     settings = settings or TrackerSettings()
     files = RunFiles(Path(out_dir))
+    output = Path(output_path) if output_path else files.output
+    wanted = _settings_record(case, settings, return_fields)
+    files.directory.mkdir(parents=True, exist_ok=True)
+    with hold_lock(files):
+        masks = _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
+        write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
+    return output
+
+
+def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz) -> np.ndarray:
+    """Resume or start the run in ``files``; return the (T, H, W) masks, all frames done."""
     n_frames, rows, cols = (int(n) for n in case.frames.shape)
-    done = _prepare(files, _settings_record(case, settings, return_fields), restart)
+    done = _prepare(files, wanted, restart)
     masks = _open_array(files.masks, (n_frames, rows, cols), np.uint8, fresh=done == 0)
     fields = None
-    if return_fields:
+    if wanted["fields"]:
         fields = _open_array(files.fields, (n_frames, rows, cols, 2), np.float32, done == 0)
     _truncate_records(files, done)
     if done < n_frames:
         if done:
             logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
         _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz)
-    output = Path(output_path) if output_path else files.output
-    write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
-    return output
+    return masks
 
 
 def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz) -> None:

@@ -14,11 +14,22 @@ This module imports neither elastix nor torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunFiles", "read_records"]
+__all__ = ["RunFiles", "file_fingerprint", "fingerprint_change", "hold_lock", "read_records"]
+
+#: Files up to this size are hashed whole; larger ones by their header and evenly spaced blocks.
+FULL_HASH_BYTES = 64 * 2**20
+_SAMPLE_BLOCKS = 64
+_BLOCK_BYTES = 64 * 2**10
 
 
 @dataclass(frozen=True)
@@ -84,3 +95,120 @@ def read_records(path: str | Path) -> list[dict]:
             break
         records.append(record)
     return records
+
+
+# --------------------------------------------------------------------------- input fingerprints
+
+
+def file_fingerprint(path: str | Path) -> dict:
+    """Size, mtime and a content hash of an input file, to tell later whether it changed.
+
+    Files up to :data:`FULL_HASH_BYTES` are hashed whole (a first mask, most sequences);
+    larger ones by their first block (the header) and :data:`_SAMPLE_BLOCKS` evenly spaced
+    blocks, which reads about 4 MiB whatever the size.
+    """
+    path = Path(path)
+    stat = path.stat()
+    sampled = stat.st_size > FULL_HASH_BYTES
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        if sampled:
+            step = stat.st_size // _SAMPLE_BLOCKS
+            for offset in range(0, stat.st_size, step):
+                file.seek(offset)
+                digest.update(file.read(_BLOCK_BYTES))
+        else:
+            for block in iter(lambda: file.read(2**20), b""):
+                digest.update(block)
+    return {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": digest.hexdigest(),
+        "hashed": "sampled" if sampled else "whole",
+    }
+
+
+def fingerprint_change(before: dict, now: dict) -> str | None:
+    """Why a file's fingerprint ``now`` differs from ``before``; None when it is the same file.
+
+    A sampled hash cannot see every byte, so for large files a new mtime counts as a change.
+    """
+    if before.get("size") != now["size"]:
+        return f"its size changed from {before.get('size')} to {now['size']} bytes"
+    if before.get("sha256") != now["sha256"]:
+        return "its content changed"
+    if now["hashed"] == "sampled" and before.get("mtime_ns") != now["mtime_ns"]:
+        return "it was modified (new modification time)"
+    return None
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+@contextmanager
+def hold_lock(files: RunFiles) -> Iterator[None]:
+    """Hold ``run.lock`` while writing a run folder; one writer per folder.
+
+    Raises ValueError when a live process holds it; a lock left by a dead process (a crash,
+    a kill -9) is taken over with a RuntimeWarning. The folder must exist.
+    """
+    _acquire(files.lock)
+    try:
+        yield
+    finally:
+        files.lock.unlink(missing_ok=True)
+
+
+def _acquire(lock: Path) -> None:
+    """Create ``lock`` holding our pid, taking over a stale one (at most once)."""
+    for attempt in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if attempt or _is_alive(owner):
+                raise ValueError(
+                    f"{lock.parent} is being written by another regtrack process "
+                    f"({_describe(owner)}); wait for it to finish, or choose another --out"
+                ) from None
+            warnings.warn(
+                f"{lock} was left by a process that is gone ({_describe(owner)}); taking the "
+                "folder over",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as file:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, file)
+        return
+
+
+def _lock_owner(lock: Path) -> dict:
+    """The pid and host in a lock file; {} when it is unreadable (a writer mid-write)."""
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _is_alive(owner: dict) -> bool:
+    """Whether the lock's owner may still run: same host and the pid exists (or unknown)."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return True  # being written right now, or not ours to judge: do not take it
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine on a shared disk: its pid means nothing here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(owner: dict) -> str:
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
