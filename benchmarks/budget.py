@@ -1,6 +1,6 @@
 """Accuracy against the per-frame time budget, and the latency of the real-time mode.
 
-Each phantom case is replayed at its acquisition rate (regtrack.realtime.replay): frame t
+Each phantom case is replayed at its acquisition rate (regtrack.tracking.replay): frame t
 arrives at t / rate and must be answered within the budget; elastix runs in a worker process
 and a registration not done in time is answered with the last good mask. "unlimited" is the
 offline run (no deadline, the preset's full schedule), the reference for accuracy. Prints a
@@ -31,8 +31,7 @@ def run_case(name: str, budget: float | None, n_frames: int | None) -> dict:
     """Track one phantom case under one budget (None: offline); scores and latencies."""
     from regtrack.metrics import evaluate_case
     from regtrack.phantom import BENCHMARK_SPECS, generate_phantom
-    from regtrack.realtime import replay
-    from regtrack.tracking import TrackerSettings, iter_track
+    from regtrack.tracking import TrackerSettings, iter_track, replay
 
     overrides = {"n_frames": n_frames} if n_frames else {}
     case = generate_phantom(BENCHMARK_SPECS[name], **overrides)

@@ -8,16 +8,18 @@ elastix (B-spline, multi-resolution) and carries the mask along.
 >>> result.masks.shape                                    # (T, H, W) uint8
 """
 
+from .engine import Engine, FrameResult, TrackerSettings
 from .io import Case, FrameReader, case_from_arrays, read_case, write_masks
 from .parameters import DEFAULT_PRESET, available_presets, load_parameter_maps
 from .registration import Registration, displacement_field, register_pair, warp_mask
-from .tracking import FrameResult, TrackerSettings, TrackResult, iter_track, track
+from .tracking import TrackResult, iter_track, replay, track
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRESET",
     "Case",
+    "Engine",
     "FrameReader",
     "FrameResult",
     "Registration",
@@ -30,6 +32,7 @@ __all__ = [
     "load_parameter_maps",
     "read_case",
     "register_pair",
+    "replay",
     "track",
     "warp_mask",
     "write_masks",

@@ -66,8 +66,8 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
     roi.add_argument("--no-roi", dest="roi", action="store_false",
                      help="use the whole frame (default: decided by target size)")  # fmt: skip
     command.add_argument("--roi-margin-mm", type=float, default=20.0)
-    command.add_argument("--flatten-sigma-mm", type=float, default=10.0,
-                         help="divide frames by their smoothed copy (bias field); 0: off")  # fmt: skip
+    command.add_argument("--flatten-sigma-mm", type=float, default=0.0,
+                         help="divide frames by their smoothed copy (bias field); default 0: off")  # fmt: skip
     command.add_argument("--budget", type=float, metavar="SECONDS",
                          help="time per frame: the registration schedule is fitted to it")  # fmt: skip
     command.add_argument("--total-budget", type=float, metavar="SECONDS",

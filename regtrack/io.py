@@ -40,7 +40,6 @@ import operator
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from .checks import as_binary_mask
 
 __all__ = [
     "Case",
@@ -805,31 +806,6 @@ def _check_spacing(found: tuple[float, float], expected: tuple[float, float], wh
             f"{what} has (row, col) spacing {found} mm but the frames have {expected} mm "
             f"(tolerance {SPACING_TOLERANCE_MM} mm); resample it onto the frames' grid"
         )
-
-
-def as_binary_mask(values: np.ndarray, what: str, *, allow_empty: bool = False) -> np.ndarray:
-    """Bool mask from 0/1 values; 0/k warns, empty or more than two values raise."""
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise ValueError(f"{what} holds NaN or inf; a mask must hold only 0 and 1")
-    nonzero = np.unique(values[values != 0])
-    if nonzero.size == 0:
-        if allow_empty:
-            return np.zeros(values.shape, dtype=bool)
-        raise ValueError(f"{what} is empty (all zero); pass the mask of the tumour in frame 0")
-    if nonzero.size > 1:
-        shown = ", ".join(str(v) for v in nonzero[:5])
-        raise ValueError(
-            f"{what} is not binary: besides 0 it holds the values {shown}"
-            f"{' ...' if nonzero.size > 5 else ''}; pass a 0/1 mask (e.g. labels == tumour_id)"
-        )
-    if nonzero[0] != 1:
-        warnings.warn(
-            f"{what} holds 0/{nonzero[0]} instead of 0/1; treating every non-zero pixel as "
-            "foreground",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return values != 0
 
 
 # --------------------------------------------------------------------------- arrays

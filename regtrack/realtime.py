@@ -19,7 +19,7 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
@@ -28,16 +28,11 @@ from typing import Self
 import numpy as np
 
 from .budget import LADDER, CostModel, check_budget, choose_schedule
+from .checks import check_frame, check_mask
+from .engine import Engine, FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
-from .tracking import (
-    FrameResult,
-    TrackerSettings,
-    _Engine,
-    check_frame,
-    check_mask,
-)
 
-__all__ = ["RealtimeTracker", "replay"]
+__all__ = ["RealtimeTracker"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +44,9 @@ class _InlineWorker:
     """The engine in this process: no deadline can interrupt it (offline mode)."""
 
     def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
-        self._engine = _Engine.build(frame0, mask0, settings, spacing_mm)
+        self._engine = Engine.build(frame0, mask0, settings, spacing_mm)
         self.works = self._engine.works
+        self.step_sizes = self._engine.step_sizes
 
     def submit(self, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -61,13 +57,13 @@ class _InlineWorker:
         pass
 
 
-_PROCESS_ENGINE: _Engine | None = None
+_PROCESS_ENGINE: Engine | None = None
 
 
-def _process_build(frame0, mask0, settings, spacing_mm) -> dict:
+def _process_build(frame0, mask0, settings, spacing_mm) -> tuple[dict, dict]:
     global _PROCESS_ENGINE
-    _PROCESS_ENGINE = _Engine.build(frame0, mask0, settings, spacing_mm)
-    return _PROCESS_ENGINE.works
+    _PROCESS_ENGINE = Engine.build(frame0, mask0, settings, spacing_mm)
+    return _PROCESS_ENGINE.works, _PROCESS_ENGINE.step_sizes
 
 
 def _process_track(*args, **kwargs) -> FrameResult:
@@ -84,7 +80,7 @@ class _ProcessWorker:
             max_workers=1, mp_context=multiprocessing.get_context("spawn")
         )
         try:  # built as a task, not an initializer: a bad preset raises its own error here
-            self.works = self._pool.submit(_process_build, frame0, mask0, settings,
+            self.works, self.step_sizes = self._pool.submit(_process_build, frame0, mask0, settings,
                                            spacing_mm).result()  # fmt: skip
         except BaseException:
             self.close()
@@ -159,6 +155,7 @@ class RealtimeTracker:
             self.worker_kind = "process" if self.settings.budget_s else "inline"
         self.return_fields = return_fields
         self.method = self.settings.method
+        self._method_decided = False
         self.cost = CostModel()
         self._worker = None
         self._sam = None
@@ -205,6 +202,8 @@ class RealtimeTracker:
         if frame0.ndim != 2:
             raise ValueError(f"frame 0 must be a 2D (H, W) image, got shape {frame0.shape}")
         mask0 = check_mask(mask0, frame0.shape)
+        if not self._method_decided:  # once per tracker: a resumed init keeps the method
+            self.method, self._method_decided = self._method_that_runs(), True
         self._sam = self._start_sam(frame0, mask0)
         if self.method != "sam":
             self._worker = _WORKERS.get(self.worker_kind, self.worker_kind)(
@@ -218,7 +217,25 @@ class RealtimeTracker:
         budgeted = self.settings.budget_s or self.settings.total_budget_s
         if self._worker and (calibrate if calibrate is not None else budgeted):
             self._calibrate(frame0, mask0)
-        return FrameResult(index=0, mask=mask0, source="given")
+        step_sizes = getattr(self._worker, "step_sizes", None) or None
+        return FrameResult(index=0, mask=mask0, source="given", step_sizes=step_sizes)
+
+    def _method_that_runs(self) -> str:
+        """The settings' method, decided once: hybrid without a SAM2.1 checkpoint says so and
+        runs registration alone for the whole run."""
+        from impact.sam2_hiera import CHECKPOINT_ENV_VAR
+
+        method = self.settings.method
+        checkpoint = self.settings.sam_checkpoint or os.environ.get(CHECKPOINT_ENV_VAR)
+        if method == "hybrid" and self._sam_tracker is None and not checkpoint:
+            message = (
+                "hybrid mode has no SAM2.1 checkpoint (pass --sam-checkpoint or set "
+                f"{CHECKPOINT_ENV_VAR}); running registration alone"
+            )
+            logger.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
+            return "registration"
+        return method
 
     def _start_sam(self, frame0, mask0):
         """The SAM2.1 tracker for methods "sam" and "hybrid"; hybrid without one says so."""
@@ -233,11 +250,6 @@ class RealtimeTracker:
 
         if self._sam_model is None:
             checkpoint = self.settings.sam_checkpoint or os.environ.get(CHECKPOINT_ENV_VAR)
-            if self.method == "hybrid" and not checkpoint:
-                _say_once("hybrid mode has no SAM2.1 checkpoint (pass --sam-checkpoint or set "
-                          f"{CHECKPOINT_ENV_VAR}); running registration alone")  # fmt: skip
-                self.method = "registration"
-                return None
             self._sam_model = load_sam2_video(checkpoint, image_size=self.settings.sam_image_size)
         tracker = SamTracker(self._sam_model)
         tracker.init(frame0, mask0)
@@ -382,16 +394,6 @@ class RealtimeTracker:
         return self._answer(result, **timing)
 
 
-def _say_once(message: str) -> None:
-    if message not in _SAID:
-        _SAID.add(message)
-        logger.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=4)
-
-
-_SAID: set[str] = set()
-
-
 def _seconds_left(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -401,37 +403,3 @@ def _seconds_left(deadline: float | None) -> float | None:
 def _ms_left(deadline: float | None) -> float | None:
     left = _seconds_left(deadline)
     return None if left is None else left * 1e3
-
-
-def replay(
-    frames,
-    first_mask: np.ndarray,
-    *,
-    frame_rate_hz: float,
-    settings: TrackerSettings | None = None,
-    spacing_mm: Sequence[float] = (1.0, 1.0),
-    start: int = 0,
-    previous_mask: np.ndarray | None = None,
-) -> Iterator[FrameResult]:
-    """Feed a recorded sequence to a :class:`RealtimeTracker` at its acquisition rate.
-
-    Frame t arrives ``t / frame_rate_hz`` seconds after frame 1; each answer is due
-    ``settings.budget_s`` after its frame arrives (``latency_ms`` in each record).
-    """
-    if not frame_rate_hz or not math.isfinite(frame_rate_hz) or frame_rate_hz <= 0:
-        raise ValueError(
-            f"frame_rate_hz must be a positive number, got {frame_rate_hz!r}; pass the "
-            "acquisition rate (frame-rate.json in a TrackRAD case)."
-        )
-    settings = settings or TrackerSettings()
-    with RealtimeTracker(settings, spacing_mm=spacing_mm) as tracker:
-        given = tracker.init(check_frame(frames[0], 0), first_mask,
-                             previous_mask=previous_mask, next_index=max(start, 1))  # fmt: skip
-        if start == 0:
-            yield given
-        clock = time.perf_counter()
-        for index in range(max(start, 1), len(frames)):
-            frame = frames[index]  # read before it "arrives": the scanner hands it over whole
-            arrival = clock + (index - max(start, 1)) / frame_rate_hz
-            time.sleep(max(0.0, arrival - time.perf_counter()))
-            yield tracker.step(frame, arrival=arrival)

@@ -13,13 +13,15 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from .parameters import to_elastix_values
+from .transform import mapped_points
 
 __all__ = [
     "Registration",
@@ -33,6 +35,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ITERATION_LINE = re.compile(r"^(\d+)\t(\S+)", re.MULTILINE)
+# ASGD logs what its automatic parameter estimation found, one block per resolution.
+_STEP_SIZE_BLOCK = re.compile(
+    r"Settings of AdaptiveStochasticGradientDescent in resolution (\d+):\n((?:\( \w+ \S+ \)\n)+)"
+)
+_STEP_SIZE_ENTRY = re.compile(r"\( (\w+) (\S+) \)")
 
 
 class RegistrationError(RuntimeError):
@@ -59,6 +66,10 @@ class Registration:
         (H, W) of the fixed image.
     spacing_mm : tuple of float
         (row, col) pixel spacing.
+    step_sizes : dict
+        What ASGD's automatic parameter estimation chose, per resolution (``SP_a``, ``SP_A``,
+        ``SP_alpha``, ``SigmoidMax``, ``SigmoidMin``, ``SigmoidScale`` -> one value per
+        level); empty when the estimation did not run.
     """
 
     transform_parameters: Any
@@ -67,6 +78,7 @@ class Registration:
     elapsed_ms: float
     shape: tuple[int, int]
     spacing_mm: tuple[float, float]
+    step_sizes: dict = field(default_factory=dict)
 
 
 def to_itk_image(
@@ -181,7 +193,8 @@ def register_pair(
             log = _read_text(Path(log_dir) / "elastix.log")
             raise RegistrationError(_elastix_error_summary(log or str(error))) from error
         elapsed_ms = (time.perf_counter() - start) * 1e3
-        metric_value, iterations = _read_log(Path(log_dir) / "elastix.log")
+        log = _read_text(Path(log_dir) / "elastix.log")
+    metric_value, iterations = _read_log(log)
     return Registration(
         transform_parameters=method.GetTransformParameterObject(),
         metric_value=metric_value,
@@ -189,6 +202,7 @@ def register_pair(
         elapsed_ms=elapsed_ms,
         shape=tuple(shape),
         spacing_mm=(float(spacing_mm[0]), float(spacing_mm[1])),
+        step_sizes=read_step_sizes(log),
     )
 
 
@@ -205,12 +219,21 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _read_log(path: Path) -> tuple[float, int]:
+def _read_log(log: str) -> tuple[float, int]:
     """Final metric value and iteration count from elastix's iteration table in its log."""
-    rows = _ITERATION_LINE.findall(_read_text(path))
+    rows = _ITERATION_LINE.findall(log)
     if not rows:
         return float("nan"), 0
     return float(rows[-1][1]), len(rows)
+
+
+def read_step_sizes(log: str) -> dict[str, list[float]]:
+    """The ASGD step-size parameters an elastix log reports, name -> one value per level."""
+    step_sizes: dict[str, list[float]] = {}
+    for _, body in _STEP_SIZE_BLOCK.findall(log):  # log order: stage by stage, level by level
+        for name, value in _STEP_SIZE_ENTRY.findall(body):
+            step_sizes.setdefault(name, []).append(float(value))
+    return step_sizes
 
 
 def _elastix_error_summary(text: str) -> str:
@@ -255,6 +278,16 @@ def warp_mask(mask: np.ndarray, registration: Registration) -> np.ndarray:
     -------
     ndarray of bool, shape (H, W)
     """
+    points = mapped_points(registration.transform_parameters, mask.shape, registration.spacing_mm)
+    if points is None:
+        return _transformix_warp(mask, registration)
+    index = points / np.asarray(registration.spacing_mm, dtype=float)[:, None, None]
+    warped = ndimage.map_coordinates(mask.astype(np.float32), index, order=1, cval=0.0)
+    return warped >= 0.5
+
+
+def _transformix_warp(mask: np.ndarray, registration: Registration) -> np.ndarray:
+    """:func:`warp_mask` by transformix, for any transform elastix knows."""
     import itk
 
     image = to_itk_image(mask.astype(np.float32), registration.spacing_mm)
@@ -270,6 +303,17 @@ def displacement_field(registration: Registration) -> np.ndarray:
     -------
     ndarray of float32, shape (H, W, 2)
     """
+    shape, spacing = registration.shape, registration.spacing_mm
+    points = mapped_points(registration.transform_parameters, shape, spacing)
+    if points is None:
+        return _transformix_field(registration)
+    grid = np.stack(np.meshgrid(np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1],
+                                indexing="ij"))  # fmt: skip
+    return np.ascontiguousarray(np.moveaxis(points - grid, 0, -1), dtype=np.float32)
+
+
+def _transformix_field(registration: Registration) -> np.ndarray:
+    """:func:`displacement_field` by transformix, for any transform elastix knows."""
     import itk
 
     reference = to_itk_image(np.zeros(registration.shape, np.float32), registration.spacing_mm)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .realtime import replay
 from .runfolder import RunFiles, file_fingerprint, fingerprint_change, hold_lock, read_records
-from .tracking import TrackerSettings, iter_track
+from .tracking import TrackerSettings, iter_track, replay
 
 __all__ = ["RunFiles", "track_case"]
 
@@ -163,7 +162,7 @@ def track_case(
     progress : bool
         Show a progress bar (tqdm).
     frame_rate_hz : float, optional
-        Replay the sequence in real time at this rate (:func:`regtrack.realtime.replay`):
+        Replay the sequence in real time at this rate (:func:`regtrack.tracking.replay`):
         each frame is answered within ``settings.budget_s`` of its arrival.
 
     Returns

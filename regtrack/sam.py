@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .tracking import check_frame, check_frames, check_mask
+from .checks import check_frame, check_frames, check_mask
 
 if TYPE_CHECKING:  # torch and sam2 are imported on first use: `import regtrack` stays cheap
     import torch

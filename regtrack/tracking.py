@@ -1,164 +1,26 @@
-"""Offline tracking: propagate the frame-0 mask through a sequence, one registration per frame.
+"""Offline tracking: propagate the frame-0 mask through a sequence on disk or in memory.
 
-Per frame t: fixed = frame t, moving = frame 0 (no drift), initialised with a translation that
-takes the target from where it was a frame ago back to frame 0 (a fixed-size carry: chaining
-whole elastix transforms makes each frame slower than the last), metric optionally restricted
-to a region of interest around the previous mask, then mask(0) is warped with transformix.
+Both drivers here feed the streaming tracker (:class:`regtrack.realtime.RealtimeTracker`), the
+one code path of regtrack: :func:`iter_track` as fast as it can, :func:`replay` at the
+sequence's acquisition rate with each answer due within its budget.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import time
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from .budget import LADDER, Schedule, check_budget, scaled_maps
-from .features import (
-    NATIVE_IMPACT_MISSING,
-    FeatureExtractor,
-    expand_for_channels,
-    feature_spec,
-    resolve_native_models,
-    uses_native_impact,
-)
-from .gate import centroid_mm, folded_fraction, registration_gate
-from .io import as_binary_mask
-from .parameters import DEFAULT_PRESET, load_parameter_maps
-from .registration import RegistrationError, displacement_field, register_pair, warp_mask
+from .checks import check_frame, check_frames, check_mask
+from .engine import FrameResult, TrackerSettings
+from .parameters import DEFAULT_PRESET
+from .realtime import RealtimeTracker
 
-METHODS = ("registration", "sam", "hybrid")
-
-__all__ = ["FrameResult", "TrackResult", "TrackerSettings", "check_frames", "iter_track", "track"]
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrackerSettings:
-    """How frames are registered; everything but the elastix parameters themselves.
-
-    Attributes
-    ----------
-    preset : str or path or list of paths
-        Elastix preset name from ``parameter_maps/`` or parameter file(s).
-    overrides : dict
-        Elastix parameter overrides, e.g. ``{"MaximumNumberOfIterations": [100, 100, 100]}``.
-    roi : bool or None
-        Crop frame t to the previous mask's bounding box grown by ``roi_margin_mm``, so the
-        metric and the B-spline grid cover only the target's neighbourhood. ``None`` (auto)
-        turns it on for targets smaller than ``roi_max_area_mm2``: a small target sliding
-        against the chest wall needs it, a large organ carries its own context.
-    roi_margin_mm : float
-    roi_max_area_mm2 : float
-    roi_grid_spacing_mm : float or None
-        B-spline control-point spacing when the ROI is on (``FinalGridSpacingInPhysicalUnits``,
-        unless given as an override): the crop is small, so a finer grid costs little and
-        can follow the target's own deformation (through-plane change of its cross-section).
-        None keeps the preset's spacing.
-    flatten_sigma_mm : float
-        Each frame is divided by its own Gaussian-smoothed copy (sigma in mm) before it is
-        registered: the receive-coil bias field stays put while the anatomy moves under it,
-        which no global intensity metric can absorb; dividing it out leaves local contrast.
-        0 registers the frames as they are.
-    min_area_ratio, max_area_ratio : float
-        Quality gate: a registered mask whose area leaves this range relative to the previous
-        frame's answer is rejected and the previous mask kept (through-plane motion changes
-        the area slowly; a jump means a failed registration).
-    budget_s : float or None
-        Seconds each frame may take: the schedule (iterations, samples) is chosen to fit it
-        (:mod:`regtrack.budget`). None: the preset's full schedule.
-    total_budget_s : float or None
-        Seconds for the whole sequence (offline): each frame gets what is left divided by the
-        frames left.
-    method : {"registration", "sam", "hybrid"}
-        "registration": elastix alone. "sam": the SAM2.1 video tracker alone (a peer).
-        "hybrid": SAM's mask of frame t initialises the registration (translation and ROI),
-        and answers when the registration fails its gate or misses its deadline; without a
-        checkpoint, hybrid says so once and runs registration alone.
-    sam_checkpoint : str or None
-        SAM2.1 checkpoint file (default: the ``REGTRACK_SAM2_CHECKPOINT`` variable).
-    sam_image_size : int or None
-        SAM2.1 input side (default: the model's 1024; smaller is faster on a CPU).
-    check_folds : bool or None
-        Reject a registration whose B-spline folds (Jacobian determinant <= 0) inside the ROI;
-        costs one displacement field per frame (about 11 ms). None: on in hybrid mode.
-    max_jump_mm, agree_mm : float
-        Hybrid gate: a registration whose centroid moved more than ``max_jump_mm`` from the
-        previous frame while SAM's did not, and that lies more than ``agree_mm`` from SAM's,
-        is replaced by SAM's mask (:func:`regtrack.gate.hybrid_decision`).
-    """
-
-    preset: Any = DEFAULT_PRESET
-    overrides: dict = field(default_factory=dict)
-    roi: bool | None = None
-    roi_margin_mm: float = 20.0
-    roi_max_area_mm2: float = 2000.0
-    roi_grid_spacing_mm: float | None = 8.0
-    flatten_sigma_mm: float = 10.0
-    min_area_ratio: float = 0.5
-    max_area_ratio: float = 2.0
-    budget_s: float | None = None
-    total_budget_s: float | None = None
-    method: str = "registration"
-    sam_checkpoint: str | None = None
-    sam_image_size: int | None = None
-    check_folds: bool | None = None
-    max_jump_mm: float = 10.0
-    agree_mm: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        object.__setattr__(self, "budget_s", check_budget(self.budget_s, "budget_s"))
-        object.__setattr__(
-            self, "total_budget_s", check_budget(self.total_budget_s, "total_budget_s")
-        )
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    """The answer for one frame.
-
-    ``source`` is "given" (frame 0), "registration", "sam" (the SAM2.1 tracker's mask: method
-    "sam", or hybrid mode when the registration was rejected or late), or "previous" (the
-    last good mask: the gate rejected the registration, elastix failed, or the deadline came
-    first). ``reason`` says why, ``gate`` what the hybrid gate decided ("pass", "sam").
-    ``schedule`` names the iteration/sample schedule used (:mod:`regtrack.budget`) and
-    ``work`` its iterations x samples; ``budget_ms`` and ``latency_ms`` (arrival to answer)
-    are set by the streaming tracker when it runs under a budget.
-    """
-
-    index: int
-    mask: np.ndarray
-    source: str
-    reason: str = ""
-    metric_value: float = float("nan")
-    iterations: int = 0
-    registration_ms: float = 0.0
-    feature_ms: float = 0.0
-    elapsed_ms: float = 0.0
-    initial_shift_mm: tuple[float, float] = (0.0, 0.0)
-    roi: bool = False
-    schedule: str = ""
-    work: int = 0
-    sam_score: float = float("nan")
-    gate: str = ""
-    budget_ms: float = float("nan")
-    latency_ms: float = float("nan")
-    displacement_mm: np.ndarray | None = None
-
-    def record(self) -> dict:
-        """The JSON-serialisable per-frame record (no arrays)."""
-        values = asdict(self)
-        del values["mask"], values["displacement_mm"]
-        values["area_px"] = int(self.mask.sum())
-        return values
+__all__ = ["FrameResult", "TrackResult", "TrackerSettings", "iter_track", "replay", "track"]
 
 
 @dataclass
@@ -177,91 +39,6 @@ class TrackResult:
     masks: np.ndarray
     records: list[dict]
     displacement_mm: np.ndarray | None = None
-
-
-def check_frames(frames) -> tuple[int, tuple[int, int]]:
-    """Validate a (T, H, W) sequence (array or lazy reader); return T and (H, W)."""
-    shape = getattr(frames, "shape", None)
-    if shape is None or len(shape) != 3:
-        found = f"{len(shape)}D" if shape is not None else type(frames).__name__
-        raise ValueError(
-            f"frames must be a (T, H, W) sequence, but it is {found}; "
-            "stack 2D frames with np.stack(frames)."
-        )
-    if shape[0] < 2:
-        raise ValueError(
-            f"frames holds {shape[0]} frame; tracking needs at least 2 (frame 0 with its mask "
-            "and one frame to propagate it to)."
-        )
-    return int(shape[0]), (int(shape[1]), int(shape[2]))
-
-
-def check_frame(frame: np.ndarray, index: int) -> np.ndarray:
-    """Return frame ``index`` as C-contiguous float32, refusing NaN/inf."""
-    frame = np.ascontiguousarray(frame, dtype=np.float32)
-    if not np.isfinite(frame).all():
-        raise ValueError(
-            f"frame {index} contains NaN or inf values; replace them (e.g. np.nan_to_num) "
-            "or drop the frame before tracking."
-        )
-    return frame
-
-
-def check_mask(mask: np.ndarray, frame_shape: tuple[int, int], *, name: str = "first_mask"):
-    """Validate a binary (H, W) mask on the frames' grid; 0/k is converted with a warning."""
-    mask = np.asarray(mask)
-    if mask.shape != frame_shape:
-        raise ValueError(
-            f"{name} has shape {mask.shape} but the frames are {frame_shape}; "
-            "give the mask of frame 0 on the same grid as the frames."
-        )
-    return as_binary_mask(mask, name)
-
-
-def flatten_intensity(frame: np.ndarray, sigma_mm: float, spacing_mm) -> np.ndarray:
-    """Divide a frame by its Gaussian-smoothed copy: a smooth multiplicative bias cancels.
-
-    Parameters
-    ----------
-    frame : ndarray, shape (H, W)
-    sigma_mm : float
-        Scale of the smoothing; 0 returns the frame unchanged.
-    spacing_mm : (float, float)
-
-    Returns
-    -------
-    ndarray of float32, shape (H, W)
-    """
-    if sigma_mm <= 0:
-        return frame
-    sigma_px = [sigma_mm / float(s) for s in spacing_mm]
-    low = ndimage.gaussian_filter(frame.astype(np.float64), sigma_px, mode="nearest")
-    floor = 1e-3 * float(np.abs(low).mean()) + 1e-12  # background stays finite
-    return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=np.float32)
-
-
-def _roi_box(mask: np.ndarray, margin_mm: float, spacing_mm) -> tuple[slice, slice]:
-    """The mask's bounding box grown by ``margin_mm`` on every side, clipped to the frame."""
-    margin = np.ceil(margin_mm / np.asarray(spacing_mm)).astype(int)
-    rows, cols = np.nonzero(mask)
-    low = np.maximum([rows.min(), cols.min()] - margin, 0)
-    high = np.minimum(np.array([rows.max(), cols.max()]) + margin + 1, mask.shape)
-    return slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1]))
-
-
-def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> bool:
-    if settings.roi is not None:
-        return settings.roi
-    area_mm2 = first_mask.sum() * spacing_mm[0] * spacing_mm[1]
-    return bool(area_mm2 < settings.roi_max_area_mm2)
-
-
-def _overrides(settings: TrackerSettings, use_roi: bool) -> dict:
-    """The elastix overrides, with the ROI grid spacing unless the user set one."""
-    overrides = dict(settings.overrides)
-    if use_roi and settings.roi_grid_spacing_mm:
-        overrides.setdefault("FinalGridSpacingInPhysicalUnits", settings.roi_grid_spacing_mm)
-    return overrides
 
 
 def iter_track(
@@ -292,22 +69,64 @@ def iter_track(
     return_fields : bool
         Also compute each frame's displacement field.
     """
-    from .realtime import RealtimeTracker
-
     settings = settings or TrackerSettings()
+    tracker = RealtimeTracker(
+        settings, spacing_mm=spacing_mm, worker="inline", return_fields=return_fields
+    )
+    n_frames = check_frames(frames)[0]
+
+    def step(index: int, clock: float) -> FrameResult:
+        budget_s = _frame_budget(settings, time.perf_counter() - clock, n_frames - index)
+        return tracker.step(frames[index], budget_s=budget_s)
+
+    yield from _drive(tracker, frames, first_mask, step, start, previous_mask)
+
+
+def replay(
+    frames,
+    first_mask: np.ndarray,
+    *,
+    frame_rate_hz: float,
+    settings: TrackerSettings | None = None,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    start: int = 0,
+    previous_mask: np.ndarray | None = None,
+) -> Iterator[FrameResult]:
+    """Feed a recorded sequence to a :class:`RealtimeTracker` at its acquisition rate.
+
+    Frame t arrives ``t / frame_rate_hz`` seconds after frame 1; each answer is due
+    ``settings.budget_s`` after its frame arrives (``latency_ms`` in each record).
+    """
+    if not frame_rate_hz or not math.isfinite(frame_rate_hz) or frame_rate_hz <= 0:
+        raise ValueError(
+            f"frame_rate_hz must be a positive number, got {frame_rate_hz!r}; pass the "
+            "acquisition rate (frame-rate.json in a TrackRAD case)."
+        )
+    tracker = RealtimeTracker(settings or TrackerSettings(), spacing_mm=spacing_mm)
+    first = max(start, 1)
+
+    def step(index: int, clock: float) -> FrameResult:
+        frame = frames[index]  # read before it "arrives": the scanner hands it over whole
+        arrival = clock + (index - first) / frame_rate_hz
+        time.sleep(max(0.0, arrival - time.perf_counter()))
+        return tracker.step(frame, arrival=arrival)
+
+    yield from _drive(tracker, frames, first_mask, step, start, previous_mask)
+
+
+def _drive(tracker, frames, first_mask, step, start, previous_mask) -> Iterator[FrameResult]:
+    """The one loop of both drivers: frame 0 (unless resuming), then ``step(index, clock)`` for
+    every later frame, ``clock`` being when the first of them was due."""
     n_frames, frame_shape = check_frames(frames)
     first_mask = check_mask(first_mask, frame_shape)
-    with RealtimeTracker(
-        settings, spacing_mm=spacing_mm, worker="inline", return_fields=return_fields
-    ) as tracker:
+    with tracker:
         given = tracker.init(check_frame(frames[0], 0), first_mask,
                              previous_mask=previous_mask, next_index=max(start, 1))  # fmt: skip
         if start == 0:
             yield given
         clock = time.perf_counter()
         for index in range(max(start, 1), n_frames):
-            budget_s = _frame_budget(settings, time.perf_counter() - clock, n_frames - index)
-            yield tracker.step(frames[index], budget_s=budget_s)
+            yield step(index, clock)
 
 
 def _frame_budget(settings: TrackerSettings, spent_s: float, frames_left: int) -> float | None:
@@ -318,130 +137,6 @@ def _frame_budget(settings: TrackerSettings, spent_s: float, frames_left: int) -
     return max(share, 1e-3)  # overspent: the smallest schedule, and on we go
 
 
-@dataclass(frozen=True)
-class _Engine:
-    """What stays fixed over a sequence: parameter maps, frame 0 (or its features), ROI policy."""
-
-    parameter_maps: dict  # Schedule -> itk.ParameterObject
-    works: dict  # Schedule -> iterations x samples
-    moving: Any  # frame 0, or its feature channels
-    extractor: FeatureExtractor | None
-    first_mask: np.ndarray
-    first_centroid: np.ndarray
-    settings: TrackerSettings
-    spacing_mm: tuple[float, float]
-    use_roi: bool
-
-    @property
-    def check_folds(self) -> bool:
-        """Folds are looked for when asked, and by default in hybrid mode (SAM can take over)."""
-        if self.settings.check_folds is None:
-            return self.settings.method == "hybrid"
-        return self.settings.check_folds
-
-    @classmethod
-    def build(cls, frame0, first_mask, settings, spacing_mm) -> _Engine:
-        spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
-        frame0 = flatten_intensity(frame0, settings.flatten_sigma_mm, spacing_mm)
-        use_roi = _use_roi(settings, first_mask, spacing_mm)
-        parameter_maps = load_parameter_maps(settings.preset, _overrides(settings, use_roi))
-        if uses_native_impact(parameter_maps):
-            parameter_maps = resolve_native_models(parameter_maps)
-        spec = feature_spec(parameter_maps)
-        extractor = FeatureExtractor(spec, frame0) if spec else None
-        moving = extractor(frame0) if extractor else frame0
-        if extractor:
-            parameter_maps = expand_for_channels(parameter_maps, extractor.weights)
-        _check_parameters(parameter_maps, moving, spacing_mm)
-        scaled = {schedule: scaled_maps(parameter_maps, schedule) for schedule in LADDER}
-        return cls(
-            parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
-            works={schedule: work for schedule, (_, work) in scaled.items()},
-            moving=moving, extractor=extractor,
-            first_mask=first_mask, first_centroid=centroid_mm(first_mask, spacing_mm),
-            settings=settings, spacing_mm=spacing_mm, use_roi=use_roi,
-        )  # fmt: skip
-
-    def track_frame(
-        self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
-    ) -> FrameResult:
-        """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
-        start = time.perf_counter()
-        frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
-        features_start = time.perf_counter()
-        fixed = self.extractor(frame) if self.extractor else frame
-        feature_ms = (time.perf_counter() - features_start) * 1e3 if self.extractor else 0.0
-        shift = tuple(
-            float(v) for v in self.first_centroid - centroid_mm(previous, self.spacing_mm)
-        )
-        box = (
-            _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
-            if self.use_roi
-            else None
-        )
-        common = {"index": index, "initial_shift_mm": shift, "roi": self.use_roi,
-                  "feature_ms": feature_ms, "schedule": schedule.name,
-                  "work": self.works[schedule]}  # fmt: skip
-        try:
-            registration = register_pair(
-                fixed, self.moving, self.parameter_maps[schedule], spacing_mm=self.spacing_mm,
-                fixed_box=box, initial_shift_mm=shift,
-            )  # fmt: skip
-        except RegistrationError as error:
-            return _fallback(previous, str(error), start, **common)
-        mask = warp_mask(self.first_mask, registration)
-        folds, field_mm = 0.0, None
-        if self.check_folds or return_fields:
-            field_mm = displacement_field(registration)
-            region = np.zeros(mask.shape, bool)
-            region[box or (slice(None), slice(None))] = True
-            folds = folded_fraction(field_mm, self.spacing_mm, region) if self.check_folds else 0
-        reason = registration_gate(mask, registration.metric_value, int(previous.sum()),
-                                   self.settings, folds)  # fmt: skip
-        if reason:
-            return _fallback(previous, reason, start, **common)
-        return FrameResult(
-            mask=mask, source="registration", metric_value=registration.metric_value,
-            iterations=registration.iterations, registration_ms=registration.elapsed_ms,
-            elapsed_ms=(time.perf_counter() - start) * 1e3,
-            displacement_mm=field_mm if return_fields else None, **common,
-        )  # fmt: skip
-
-
-def _check_parameters(parameter_maps, images, spacing_mm) -> None:
-    """Run elastix once, one iteration per level, so a bad preset fails before any output."""
-    import itk
-
-    trial = itk.ParameterObject.New()
-    for index in range(parameter_maps.GetNumberOfParameterMaps()):
-        parameter_map = dict(parameter_maps.GetParameterMap(index))
-        levels = len(parameter_map.get("MaximumNumberOfIterations", ("1",)))
-        parameter_map["MaximumNumberOfIterations"] = ("1",) * levels
-        trial.AddParameterMap(parameter_map)
-    try:
-        register_pair(images, images, trial, spacing_mm=spacing_mm)
-    except RegistrationError as error:
-        if uses_native_impact(parameter_maps):
-            raise ValueError(NATIVE_IMPACT_MISSING) from error
-        raise ValueError(
-            f"the elastix parameter maps are not usable: {error}. Check the component names "
-            "and values in the preset or overrides against the elastix manual."
-        ) from error
-
-
-def _fallback(previous, reason: str, start: float, **common) -> FrameResult:
-    warnings.warn(
-        f"frame {common['index']}: {reason}; kept the previous frame's mask.",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-    logger.info("frame %d falls back to the previous mask: %s", common["index"], reason)
-    elapsed_ms = (time.perf_counter() - start) * 1e3
-    return FrameResult(
-        mask=previous, source="previous", reason=reason, elapsed_ms=elapsed_ms, **common
-    )
-
-
 def track(
     frames,
     first_mask: np.ndarray,
@@ -450,7 +145,7 @@ def track(
     spacing_mm: Sequence[float] = (1.0, 1.0),
     roi: bool | None = None,
     roi_margin_mm: float = 20.0,
-    flatten_sigma_mm: float = 10.0,
+    flatten_sigma_mm: float = 0.0,
     budget_s: float | None = None,
     total_budget_s: float | None = None,
     method: str = "registration",

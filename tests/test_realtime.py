@@ -12,8 +12,8 @@ from regtrack.cli import main
 from regtrack.evaluation import read_mask_sequence
 from regtrack.io import read_case, write_trackrad_case
 from regtrack.metrics import dice
-from regtrack.realtime import RealtimeTracker, replay
-from regtrack.tracking import FrameResult, TrackerSettings, track
+from regtrack.realtime import RealtimeTracker
+from regtrack.tracking import FrameResult, TrackerSettings, replay, track
 
 
 class StandInWorker:
@@ -141,8 +141,14 @@ def test_realtime_and_trackrad_commands(tmp_path, jump_sequence, capsys):
     assert dice(predicted[-1], masks[-1]) > 0.9
 
 
-def test_realtime_needs_a_frame_rate_or_budget(tmp_path, translated, capsys):
+def test_realtime_needs_a_frame_rate_and_a_budget(tmp_path, translated, capsys):
     frames, masks = translated([(0, 0), (1, 0)])
     case = write_trackrad_case(tmp_path, "c", frames, masks[0], frame_rate_hz=4.0)
-    assert main(["realtime", str(case), "--out", str(tmp_path / "o"), "--budget", "0"]) == 2
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["realtime", str(case), *out, "--budget", "0"]) == 2
     assert "budget_s must be a positive number" in capsys.readouterr().err
+    (case / "frame-rate.json").unlink()  # a case that does not say how fast frames arrive
+    assert main(["realtime", str(case), *out, "--budget", "0.25"]) == 2
+    err = capsys.readouterr().err
+    assert "has no frame rate (frame-rate.json); pass --frame-rate HZ" in err
+    assert not (tmp_path / "o" / "frames.jsonl").exists()  # refused before tracking

@@ -6,16 +6,21 @@ import json
 import re
 import shutil
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from regtrack import FrameResult, TrackerSettings
+from regtrack.budget import LADDER
 from regtrack.cli import main
 from regtrack.io import read_case, write_trackrad_case
 from regtrack.metrics import evaluate_case
 from regtrack.phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
+from regtrack.realtime import RealtimeTracker
 from regtrack.report import (
     Table,
     load_run,
@@ -25,6 +30,15 @@ from regtrack.report import (
     write_benchmark_page,
     write_report,
 )
+from regtrack.report.benchmarks import method_label
+from regtrack.report.data import (
+    QUALITY_KEYS,
+    SOURCES,
+    is_gate_rejected,
+    missed_deadline,
+    schedule_words,
+)
+from regtrack.report.movie import _details
 
 N_FRAMES = 6
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "results"
@@ -134,11 +148,46 @@ def test_folder_without_results_gives_one_clear_error(tmp_path, capsys):
 # --------------------------------------------------------------------------- known traces
 
 
+#: One FrameResult of every kind a run writes, with the reasons the code gives: frames 3 and 4
+#: rejected (quality gate, hybrid gate), 5 and 6 out of time, 2 and 7 passed.
+_KNOWN_ANSWERS = [
+    {"source": "given"},
+    {"source": "registration", "schedule": "it1/s1"},
+    {"source": "registration", "schedule": "it1/s1", "gate": "pass", "sam_score": 0.8,
+     "reason": "SAM disagreed by 3.1 mm (moved 1.0 mm); kept registration"},
+    {"source": "previous", "schedule": "it1/s1",
+     "reason": "registered mask area changed x2.50 from the previous frame"},
+    {"source": "sam", "gate": "sam", "sam_score": 0.9,
+     "reason": "registration jumped 9.0 mm from the previous frame, SAM 2.0 mm; answers 8.0 mm apart"},
+    {"source": "previous", "reason": "deadline: registration (it0.5/s0.5) not done within 150 ms"},
+    {"source": "sam", "gate": "sam", "sam_score": 0.7,
+     "reason": "the registration of frame 5 is still running"},
+    {"source": "registration", "schedule": "it0.5/s0.5"},
+]  # fmt: skip
+
+
+def _write_records(run_dir, masks, answers) -> None:
+    """frames.jsonl as track_case writes it: one FrameResult.record() per line."""
+    with (run_dir / "frames.jsonl").open("w") as log:
+        for t, fields in enumerate(answers):
+            timing = {} if t == 0 else {"budget_ms": 150.0, "latency_ms": 100.0 + 10 * t}
+            if fields["source"] == "registration":
+                timing |= {"metric_value": -0.9 - t / 100, "iterations": 60,
+                           "elapsed_ms": 100.0 + 10 * t}  # fmt: skip
+            result = FrameResult(index=t, mask=masks[t], **timing, **fields)
+            log.write(json.dumps(result.record()) + "\n")
+
+
+def _facts_on_page(html: str) -> dict[str, str]:
+    """The rows of the page's summary box, label -> value, as the reader sees them."""
+    return dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", html))
+
+
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory, translated):
     """A results folder written by hand in the track_case format: disks at known shifts,
-    anisotropic pixels, 2 Hz, ground truth one column to the right, and records with every
-    kind of answer and the optional keys (budget, gate, schedule, SAM score)."""
+    anisotropic pixels, 2 Hz, ground truth one column to the right, and FrameResult records
+    of every kind of answer (_KNOWN_ANSWERS) under a 150 ms budget."""
     shifts = [(0, 0), (3, -2), (6, -4), (9, -6), (6, -3), (2, 1), (-1, 2), (-3, 0)]
     frames, masks = translated(shifts, shape=(96, 96), radius=10)
     truth = np.roll(masks, 1, axis=2)
@@ -151,22 +200,7 @@ def synthetic_run(tmp_path_factory, translated):
                 "frame_shape": [96, 96]}  # fmt: skip
     (run_dir / "run.json").write_text(json.dumps(settings))
     np.save(run_dir / "masks.partial.npy", masks)
-    extra = [
-        {"source": "given"},
-        {"source": "registration", "gate": "passed"},
-        {"source": "registration", "gate": "passed"},
-        {"source": "previous", "reason": "area x2.5 of the previous frame (gate 0.5-2)"},
-        {"source": "sam", "reason": "registration rejected", "gate": "rejected", "sam_score": 0.9},
-        {"source": "registration", "gate": {"passed": True}, "deadline_missed": True},
-        {"source": "fallback"},
-        {"source": "registration", "schedule": "reduced"},
-    ]
-    with (run_dir / "frames.jsonl").open("w") as log:
-        for t, fields in enumerate(extra):
-            record = {"index": t, "reason": "", "metric_value": -0.9 - t / 100, "iterations": 60,
-                      "elapsed_ms": 100.0 + 10 * t, "budget_ms": 150.0, "schedule": "full",
-                      "area_px": int(masks[t].sum()), **fields}  # fmt: skip
-            log.write(json.dumps(record) + "\n")
+    _write_records(run_dir, masks, _KNOWN_ANSWERS)
     return run_dir, np.array(shifts, float)
 
 
@@ -178,7 +212,7 @@ def test_known_shift_gives_the_known_trace(synthetic_run):
     np.testing.assert_allclose(traj.predicted_mm, (centre + shifts) * spacing, atol=1e-9)
     np.testing.assert_allclose(traj.ground_truth_mm, (centre + shifts + (0, 1)) * spacing)
     np.testing.assert_allclose(traj.time, np.arange(len(shifts)) / 2.0)
-    assert np.flatnonzero(traj.fallback).tolist() == [3, 4, 6]
+    assert np.flatnonzero(traj.fallback).tolist() == [3, 4, 5, 6]
     assert np.flatnonzero(traj.gate_rejected).tolist() == [3, 4]
 
 
@@ -186,19 +220,109 @@ def test_optional_record_keys_reach_the_timeline(synthetic_run, tmp_path):
     run_dir, _ = synthetic_run
     data = quality(run_dir)
     assert np.isnan(data["budget_ms"][0]) and (data["budget_ms"][1:] == 150.0).all()
-    assert np.flatnonzero(data["deadline_missed"]).tolist() == [5]
-    assert np.isfinite(data["sam_score"]).sum() == 1
+    assert np.flatnonzero(data["deadline_missed"]).tolist() == [5, 6]
+    assert np.flatnonzero(np.isfinite(data["sam_score"])).tolist() == [2, 4, 6]
+    assert data["schedule"][:2] == [None, "full"]
+    assert data["schedule"][7] == "50 % iterations, 50 % samples"
     areas_px = np.load(run_dir / "masks.partial.npy").sum(axis=(1, 2))
     np.testing.assert_allclose(data["area_mm2"], areas_px * 2.0 * 0.5)
     page = write_report(run_dir, out=tmp_path / "report", gif=True)
     assert len(_movie_frames(page.parent / "movie.gif")) == len(data["frame"])
     facts = json.loads((page.parent / "summary.json").read_text())
-    assert (facts["fallback_frames"], facts["gate_rejected_frames"]) == (3, 2)
-    assert facts["deadline_missed_frames"] == 1 and facts["budget_ms"] == 150.0
-    assert facts["schedules"] == {"full": 7, "reduced": 1}
+    assert (facts["fallback_frames"], facts["gate_rejected_frames"]) == (4, 2)
+    assert facts["deadline_missed_frames"] == 2 and facts["budget_ms"] == 150.0
+    assert facts["schedules"] == {"full": 3, "50 % iterations, 50 % samples": 1}
+    assert facts["sam_ran"] is True
     html = page.read_text()
     assert "&lt;i&gt;P&amp;7&lt;/i&gt;" in html and "<i>P&7</i>" not in html  # autoescape
     assert '<img class="movie" src="movie.gif"' in html
+    on_page = _facts_on_page(html)
+    assert on_page["fallback frames"] == "4" and on_page["gate rejections"] == "2"
+    assert on_page["budget"] == "150 ms per frame, missed on 2 frames"
+    assert on_page["schedules"] == "full on 3 frames; 50 % iterations, 50 % samples on 1 frame"
+
+
+def test_clean_run_shows_no_rejection_and_no_sam(tracked):
+    """A real run answered by registration on every frame: nothing rejected, nothing of SAM."""
+    _, run_dir = tracked
+    records = [json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in records] == ["given"] + ["registration"] * (N_FRAMES - 1)
+    assert {r["gate"] for r in records} == {""}  # no SAM: the gate never spoke
+    on_page = _facts_on_page((run_dir / "report" / "index.html").read_text())
+    assert on_page["fallback frames"] == "0" and on_page["gate rejections"] == "0"
+    assert on_page["schedules"] == f"full on {N_FRAMES - 1} frames"
+    assert not trajectory(run_dir).gate_rejected.any()
+    data = quality(run_dir)
+    assert "sam_score" not in data and not data["gate_rejected"].any()
+    assert json.loads((run_dir / "report" / "summary.json").read_text())["sam_ran"] is False
+    assert not any("SAM" in line for r in records for line in _details(r))
+
+
+def test_frame_panel_names_what_the_record_holds():
+    """The zoom panel's lines: no SAM score or budget the run did not have; a missed deadline
+    and a SAM score when the record says so."""
+    mask = np.ones((4, 4), np.uint8)
+    clean = FrameResult(index=1, mask=mask, source="registration", metric_value=-0.9,
+                        iterations=60, elapsed_ms=120.0, schedule="it1/s1").record()  # fmt: skip
+    lines = _details(json.loads(json.dumps(clean)))  # NaN survives the JSON round trip
+    assert lines == ["metric -0.9000", "60 iterations", "120 ms", "area 16 px"]
+    late = FrameResult(index=2, mask=mask, source="sam", gate="sam", sam_score=0.75,
+                       budget_ms=150.0, reason="deadline: registration (it1/s1) not done "
+                       "within 150 ms").record()  # fmt: skip
+    lines = _details(json.loads(json.dumps(late)))
+    assert "deadline of 150 ms MISSED" in lines and "SAM score 0.750" in lines
+
+
+class _LateWorker:
+    """Registration stand-in for the streaming tracker: frame 1 takes 0.4 s, others answer."""
+
+    def __init__(self):
+        self.works = {schedule: 1000 for schedule in LADDER}
+        self._pool = ThreadPoolExecutor(1)
+
+    def __call__(self, *args):
+        return self
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        def register():
+            time.sleep(0.4 if index == 1 else 0.0)
+            return FrameResult(index=index, mask=previous, source="registration",
+                               schedule=schedule.name)  # fmt: skip
+
+        return self._pool.submit(register)
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+
+
+def test_missed_deadlines_read_from_the_streaming_trackers_records():
+    """The records RealtimeTracker writes when the deadline comes first (frame 1) and while
+    that late registration still runs (frame 2) count as missed deadlines, not rejections."""
+    frames = np.zeros((4, 32, 32), np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    with RealtimeTracker(TrackerSettings(budget_s=0.05), worker=_LateWorker()) as tracker:
+        tracker.init(frames[0], mask, calibrate=False)
+        answers = [tracker.step(frame) for frame in frames[1:3]]
+        time.sleep(0.5)
+        answers.append(tracker.step(frames[3]))
+    records = [json.loads(json.dumps(a.record())) for a in answers]
+    assert [r["source"] for r in records] == ["previous", "previous", "registration"]
+    assert [missed_deadline(r) for r in records] == [True, True, False]
+    assert not any(is_gate_rejected(r) for r in records)
+
+
+def test_record_reading_follows_frame_result():
+    """Every key the report reads is one FrameResult.record() writes, and every source it
+    knows is one the tracker gives."""
+    record = FrameResult(index=0, mask=np.zeros((2, 2), np.uint8), source="given").record()
+    read = {"index", "source", "reason", "gate", "schedule", "sam_score", "budget_ms", "area_px"}
+    assert read | set(QUALITY_KEYS) <= set(record)
+    assert set(SOURCES) == {"given", "registration", "sam", "previous"}
+    assert schedule_words("it1/s1") == "full" and schedule_words("") is None
+    words = [schedule_words(schedule.name) for schedule in LADDER]
+    assert words[0] == "full" and len(set(words)) == len(LADDER)
+    assert words[1] == "67 % iterations, 75 % samples"
 
 
 def test_run_whose_input_moved_still_renders(synthetic_run, tmp_path):
@@ -220,27 +344,78 @@ def test_run_whose_input_moved_still_renders(synthetic_run, tmp_path):
 # --------------------------------------------------------------------------- benchmark pages
 
 
+def _page_table(html: str, title: str) -> list[list[tuple[str, bool]]]:
+    """Rows of the table under heading ``title``: (cell text, bold) per cell."""
+    section = html.split(f"<h2>{title}</h2>", 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    cell = r'<td(?: class="num( bold)?")?>([^<]*)</td>'
+    return [
+        [(text, bool(bold)) for bold, text in re.findall(cell, row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.DOTALL)
+    ]
+
+
 def test_accuracy_page_compares_against_the_peers(tmp_path):
+    """Known scores: regtrack wins one case, DIS flow the other; the page puts each score in
+    its method's column and row, averages them, and bolds the winner, peer or not."""
+    scores = {  # case -> method -> (DSC, centre distance mm, s/frame)
+        "lung_slide": {"regtrack:bspline_ncc": (0.95, 0.20, 0.08),
+                       "dis_flow": (0.90, 0.60, 0.01), "copy_first_mask": (0.50, 4.0, 0.0)},
+        "liver_large": {"regtrack:bspline_ncc": (0.91, 0.90, 0.12),
+                        "dis_flow": (0.93, 0.40, 0.02), "copy_first_mask": (0.60, 3.0, 0.0)},
+    }  # fmt: skip
+    results = {case: {method: {"dsc": dsc, "centre_distance_mm": cd, "s_per_frame_median": s}
+                      for method, (dsc, cd, s) in methods.items()}
+               for case, methods in scores.items()}  # fmt: skip
+    source = tmp_path / "accuracy.json"
+    source.write_text(json.dumps({"benchmark": "accuracy", "machine": {"cpu": "TestCPU"},
+                                  "results": results}))  # fmt: skip
+    html = report_benchmark(source).read_text()
+    per_case = _page_table(html, "Per case: CD mm")
+    assert per_case == [
+        [("lung_slide", False), ("0.20", True), ("0.60", False), ("4.00", False)],
+        [("liver_large", False), ("0.90", False), ("0.40", True), ("3.00", False)],
+    ]
+    header = html.split("<h2>Per case: CD mm</h2>", 1)[1].split("</thead>", 1)[0]
+    names = ["regtrack bspline_ncc", "OpenCV DIS optical flow", "copy the first mask"]
+    assert re.findall(r"<th>([^<]*)</th>", header) == ["case", *names]
+    means = _page_table(html, "Benchmark cases: mean over 2 cases")
+    assert [row[0][0] for row in means] == names
+    assert [row[1] for row in means] == [("0.9300", True), ("0.9150", False), ("0.5500", False)]
+    assert [row[2] for row in means] == [("0.550", False), ("0.500", True), ("3.500", False)]
+
+
+def test_committed_accuracy_results_render_every_case_and_method(tmp_path):
     data = json.loads((BENCHMARKS / "accuracy.json").read_text())
     page = report_benchmark(BENCHMARKS / "accuracy.json", out=tmp_path / "accuracy.html")
     html = page.read_text()
-    for label in ("regtrack bspline_ncc", "OpenCV DIS optical flow", "copy the first mask"):
-        assert label in html
+    methods = {m for case in data["results"].values() for m in case}
+    for method in methods:
+        assert method_label(method) in html
     for case in data["results"]:
         assert case in html
-    ncc = data["results"]["lung_slide"]["regtrack:bspline_ncc"]["dsc"]
-    assert f"{ncc:.3f}" in html
     assert data["machine"]["cpu"] in html and _external_links(html) == []
     assert html.count("data:image/png;base64,") >= 2
 
 
-def test_features_page_and_cli(tmp_path, capsys):
+def test_features_page_from_the_cli_lists_each_extractor_fastest_in_bold(tmp_path, capsys):
     target = tmp_path / "features.json"
-    shutil.copy(BENCHMARKS / "features.json", target)
+    timings = [
+        ("mind", 3.0, 3.9),
+        ("sam2.1-tiny @ 256", 25.8, 27.7),
+        ("sam2.1-tiny @ 1024", 671.5, 704.4),
+    ]
+    results = [{"extractor": name, "device": "cpu", "median_ms": median, "p95_ms": p95}
+               for name, median, p95 in timings]  # fmt: skip
+    target.write_text(json.dumps({"benchmark": "features", "frame": [256, 256],
+                                  "torch_threads": 2, "results": results}))  # fmt: skip
     assert main(["report", str(target)]) == 0
-    html = (tmp_path / "features.html").read_text()
-    assert "sam2.1-tiny layers 0,1 @ 256" in html and "median ms" in html
-    assert "features.html" in capsys.readouterr().out
+    assert str(tmp_path / "features.html") in capsys.readouterr().out
+    rows = _page_table((tmp_path / "features.html").read_text(), "Feature extraction, one frame")
+    assert rows == [
+        [(name, False), ("cpu", False), (f"{median:.1f}", k == 0), (f"{p95:.1f}", k == 0)]
+        for k, (name, median, p95) in enumerate(timings)
+    ]
 
 
 def test_benchmark_page_api_bolds_the_best_and_embeds_figures(tmp_path):

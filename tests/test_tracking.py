@@ -44,16 +44,16 @@ def test_fields_and_overrides(translated):
 
 
 def test_roi_auto_follows_target_size(translated):
-    frames, truth = translated([(0, 0), (2, 2)], radius=10)
-    small = regtrack.track(frames, truth[0])
-    large = regtrack.track(frames, truth[0], roi=None, roi_margin_mm=5.0)
-    assert small.records[1]["roi"] is True
-    forced_off = regtrack.track(frames, truth[0], roi=False)
-    assert forced_off.records[1]["roi"] is False
-    assert large.records[1]["roi"] is True
-    settings = TrackerSettings(roi_max_area_mm2=100.0)
-    result = list(iter_track(frames, truth[0], settings=settings))
-    assert result[1].roi is False
+    """Auto ROI (roi=None): on for a target under roi_max_area_mm2 (2000 mm² by default), off
+    for a larger one; an explicit roi wins over the size."""
+    frames, small = translated([(0, 0), (2, 2)], radius=10)  # 1 mm pixels: 314 mm²
+    _, large = translated([(0, 0), (2, 2)], radius=30)  # 2827 mm²
+    assert regtrack.track(frames, small[0]).records[1]["roi"] is True
+    assert regtrack.track(frames, large[0]).records[1]["roi"] is False
+    lowered = TrackerSettings(roi_max_area_mm2=100.0)  # the threshold, not the disk, decides
+    assert list(iter_track(frames, small[0], settings=lowered))[1].roi is False
+    assert regtrack.track(frames, small[0], roi=False).records[1]["roi"] is False
+    assert regtrack.track(frames, large[0], roi=True).records[1]["roi"] is True
 
 
 def test_rejected_registration_falls_back_to_previous_mask(translated):
@@ -148,7 +148,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, translated):
 
 
 def test_flattening_cancels_a_smooth_bias(translated):
-    from regtrack.tracking import flatten_intensity
+    from regtrack.engine import flatten_intensity
 
     frames, _ = translated([(0, 0)])
     rows, cols = np.indices(frames[0].shape)
@@ -163,7 +163,7 @@ def test_flattening_cancels_a_smooth_bias(translated):
 
 
 def test_roi_uses_a_finer_grid_unless_overridden():
-    from regtrack.tracking import _overrides
+    from regtrack.engine import _overrides
 
     settings = TrackerSettings(roi_grid_spacing_mm=8.0)
     assert _overrides(settings, use_roi=True) == {"FinalGridSpacingInPhysicalUnits": 8.0}

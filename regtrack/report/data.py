@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,32 @@ import numpy as np
 
 __all__ = [
     "ANSWER_SOURCES",
+    "SOURCES",
     "RunData",
     "Trajectory",
     "is_fallback",
     "is_gate_rejected",
     "load_run",
+    "missed_deadline",
     "quality",
+    "sam_ran",
+    "schedule_words",
     "trajectory",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Sources that are a normal answer; anything else ("previous", "sam", "fallback", ...) is a
-#: fallback the physicist should see.
+#: Every ``source`` a :meth:`regtrack.FrameResult.record` holds: frame 0 is "given"; later
+#: frames are answered by "registration", by the SAM2.1 tracker ("sam") or by the last good
+#: mask ("previous").
+SOURCES = ("given", "registration", "sam", "previous")
+#: Sources that are a normal answer; anything else ("previous", "sam") is a fallback the
+#: physicist should see.
 ANSWER_SOURCES = ("given", "registration")
-#: Values of a record's ``gate`` key (lower case) that mean the gate let the answer through.
-_GATE_PASSED = {"pass", "passed", "accept", "accepted", "ok", "true"}
+#: How a record's ``reason`` begins when the registration ran out of time (the deadline came
+#: first, or the previous frame's registration still held the worker): a missed deadline,
+#: not a gate's verdict (see :class:`regtrack.realtime.RealtimeTracker`).
+_TIMING_REASONS = ("deadline", "the registration of frame")
 _RUN_FILES = ("run.json", "frames.jsonl", "masks.partial.npy")
 
 
@@ -257,22 +268,51 @@ def is_fallback(record: dict) -> bool:
     return record.get("source") not in ANSWER_SOURCES
 
 
-def is_gate_rejected(record: dict) -> bool:
-    """True when the quality gate turned the registration down on this frame.
+def missed_deadline(record: dict) -> bool:
+    """True when the registration did not finish within the frame's budget, so a fallback
+    answered; read from the record's ``reason`` (a streaming run under a budget)."""
+    return is_fallback(record) and str(record.get("reason") or "").startswith(_TIMING_REASONS)
 
-    Uses the record's ``gate`` key when present (a bool, a word such as "passed"/"rejected",
-    or a dict with ``passed``/``accepted``); otherwise a fallback with a reason, which is how
-    :class:`regtrack.tracking.FrameResult` says the gate (or elastix) rejected the frame.
+
+def is_gate_rejected(record: dict) -> bool:
+    """True when the registration finished but was turned down on this frame.
+
+    A :meth:`regtrack.FrameResult.record` says so with a fallback source ("previous" or
+    "sam") and a ``reason``: the quality gate (metric, area, folding), the hybrid gate
+    (``gate`` "sam") or elastix itself said no. A registration that answered (source
+    "registration", ``gate`` "" or "pass") is never a rejection, nor is a missed deadline
+    (:func:`missed_deadline`), nor the SAM tracker answering by choice (method "sam": no
+    reason).
     """
-    gate = record.get("gate")
-    if gate is None:
-        return is_fallback(record) and bool(record.get("reason"))
-    if isinstance(gate, dict):
-        passed = next((gate[k] for k in ("passed", "accepted", "ok") if k in gate), True)
-        return not bool(passed)
-    if isinstance(gate, bool):
-        return not gate
-    return str(gate).strip().lower() not in _GATE_PASSED
+    return is_fallback(record) and bool(record.get("reason")) and not missed_deadline(record)
+
+
+def sam_ran(records: list[dict]) -> bool:
+    """True when the SAM2.1 tracker ran: some frame has a SAM answer or a finite SAM score."""
+    return any(
+        r.get("source") == "sam" or math.isfinite(_as_float(r.get("sam_score"))) for r in records
+    )
+
+
+def schedule_words(schedule: Any) -> str | None:
+    """A record's ``schedule`` in words: "it1/s1" -> "full", "it0.5/s0.75" -> "50 %
+    iterations, 75 % samples"; None when the frame ran no registration ("").
+
+    Other text is returned as it is.
+    """
+    if not schedule:
+        return None
+    found = _SCHEDULE.fullmatch(str(schedule).strip())
+    if not found:
+        return str(schedule)
+    iterations, samples = (float(v) for v in found.groups())
+    if iterations == samples == 1:
+        return "full"
+    return f"{100 * iterations:.0f} % iterations, {100 * samples:.0f} % samples"
+
+
+#: :attr:`regtrack.budget.Schedule.name`: fractions of the preset's iterations and samples.
+_SCHEDULE = re.compile(r"it([0-9.eE+-]+)/s([0-9.eE+-]+)")
 
 
 def centroids_mm(masks: np.ndarray, spacing_mm: tuple[float, float]) -> np.ndarray:
@@ -425,12 +465,12 @@ def quality(run: RunData | str | Path) -> dict[str, Any]:
             data[key] = values
     pixel_mm2 = float(np.prod(run.spacing_mm))
     data["area_mm2"] = np.array([_as_float(r.get("area_px")) * pixel_mm2 for r in records])
-    data["deadline_missed"] = np.array([bool(r.get("deadline_missed")) for r in records])
+    data["deadline_missed"] = np.array([missed_deadline(r) for r in records])
     data["fallback"] = np.array([is_fallback(r) for r in records])
     data["gate_rejected"] = np.array([is_gate_rejected(r) for r in records])
     data["source"] = [str(r.get("source")) for r in records]
     data["reason"] = [str(r.get("reason") or "") for r in records]
-    data["schedule"] = [_schedule_label(r.get("schedule")) for r in records]
+    data["schedule"] = [schedule_words(r.get("schedule")) for r in records]
     return data
 
 
@@ -443,13 +483,6 @@ def quality_json(data: dict[str, Any]) -> dict:
         else:
             out[key] = value
     return out
-
-
-def _schedule_label(schedule: Any) -> str | None:
-    """A record's ``schedule`` as one short string (it may be a name, list or dict)."""
-    if schedule is None or isinstance(schedule, str):
-        return schedule
-    return json.dumps(schedule, sort_keys=True, separators=(",", ":"))
 
 
 def _as_float(value: Any) -> float:
@@ -486,7 +519,7 @@ def summary(run: RunData) -> dict[str, Any]:
     budget = [b for b in budget if math.isfinite(b)]  # NaN: ran without a budget
     schedules: dict[str, int] = {}
     for r in records:
-        label = _schedule_label(r.get("schedule"))
+        label = schedule_words(r.get("schedule"))
         if label:
             schedules[label] = schedules.get(label, 0) + 1
     return {
@@ -503,7 +536,7 @@ def summary(run: RunData) -> dict[str, Any]:
         "sources": sources,
         "fallback_frames": int(sum(is_fallback(r) for r in records)),
         "gate_rejected_frames": int(sum(is_gate_rejected(r) for r in records)),
-        "deadline_missed_frames": int(sum(bool(r.get("deadline_missed")) for r in records)),
+        "deadline_missed_frames": int(sum(missed_deadline(r) for r in records)),
         "budget_ms": float(np.median(budget)) if budget else None,
         "schedules": schedules,
         "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
@@ -511,5 +544,6 @@ def summary(run: RunData) -> dict[str, Any]:
         "ms_per_frame_max": float(ms.max()) if ms.size else None,
         "output_written": (run.directory / "output.mha").is_file(),
         "has_ground_truth": run.labels is not None,
+        "sam_ran": sam_ran(records),
         "notes": list(run.notes),
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import RunData, is_fallback
+from .data import RunData, is_fallback, missed_deadline
 
 __all__ = ["SOURCE_COLOURS", "movie_fps", "render_frame", "write_movie"]
 
@@ -241,19 +241,26 @@ def _details(record: dict | None, width: int = 40) -> list[str]:
     metric, iterations = record.get("metric_value"), record.get("iterations")
     if isinstance(metric, (int, float)) and np.isfinite(metric):
         lines += [f"metric {metric:.4f}", f"{iterations} iterations"]
+    budget = _finite(record.get("budget_ms"))
+    of = "" if budget is None else f" of {budget:.0f}"
     if record.get("elapsed_ms"):
-        budget = record.get("budget_ms")
-        late = "  MISSED" if record.get("deadline_missed") else ""
-        of = f" of {budget:.0f}" if isinstance(budget, (int, float)) else ""
-        lines.append(f"{record['elapsed_ms']:.0f}{of} ms{late}")
+        lines.append(f"{record['elapsed_ms']:.0f}{of} ms")
+    if missed_deadline(record):
+        lines.append(f"deadline{of} ms MISSED")
     if record.get("area_px") is not None:
         lines.append(f"area {record['area_px']} px")
-    if record.get("sam_score") is not None:
-        lines.append(f"SAM score {record['sam_score']:.3f}")
+    sam_score = _finite(record.get("sam_score"))
+    if sam_score is not None:  # only when the SAM2.1 tracker ran on this frame
+        lines.append(f"SAM score {sam_score:.3f}")
     reason = str(record.get("reason") or "")
     if reason:  # the gate's or the fallback's reason, wrapped to the panel's width
         lines += textwrap.wrap(f"reason: {reason}", width)[:5]
     return lines
+
+
+def _finite(value) -> float | None:
+    """A record's number, or None when it is missing or NaN (not measured on this frame)."""
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
 
 
 def iter_movie_frames(run: RunData, display_size: int = DISPLAY_SIZE):

@@ -359,7 +359,8 @@ def _fact_rows(run, facts: dict) -> list[tuple[str, str]]:
         missed = facts["deadline_missed_frames"]
         rows.append(("budget", f"{facts['budget_ms']:.0f} ms per frame, missed on {missed} frames"))
     if facts["schedules"]:
-        rows.append(("schedules", ", ".join(f"{k} x{v}" for k, v in facts["schedules"].items())))
+        counts = (f"{name} on {n} frame{'s' * (n != 1)}" for name, n in facts["schedules"].items())
+        rows.append(("schedules", "; ".join(counts)))
     if facts["scanned_region"]:
         rows.append(("scanned region", facts["scanned_region"]))
     rows.append(("ground truth", "yes" if facts["has_ground_truth"] else "no"))

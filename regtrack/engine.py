@@ -1,0 +1,386 @@
+"""The per-frame engine: flatten, crop, register frame 0 onto frame t, warp mask(0), gate.
+
+Per frame t: fixed = frame t, moving = frame 0 (no drift), initialised with a translation that
+takes the target from where it was a frame ago back to frame 0 (a fixed-size carry: chaining
+whole elastix transforms makes each frame slower than the last), metric optionally restricted
+to a region of interest around the previous mask, then mask(0) is warped onto frame t.
+:class:`Engine` holds what stays fixed over a sequence; the streaming tracker
+(:mod:`regtrack.realtime`) decides which frame it registers, when, and with which schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .budget import LADDER, Schedule, check_budget, scaled_maps
+from .features import (
+    NATIVE_IMPACT_MISSING,
+    FeatureExtractor,
+    expand_for_channels,
+    feature_spec,
+    resolve_native_models,
+    uses_native_impact,
+)
+from .gate import centroid_mm, folded_fraction, registration_gate
+from .parameters import DEFAULT_PRESET, load_parameter_maps
+from .registration import RegistrationError, displacement_field, register_pair, warp_mask
+
+METHODS = ("registration", "sam", "hybrid")
+
+__all__ = ["METHODS", "Engine", "FrameResult", "TrackerSettings", "flatten_intensity"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How frames are registered; everything but the elastix parameters themselves.
+
+    Attributes
+    ----------
+    preset : str or path or list of paths
+        Elastix preset name from ``parameter_maps/`` or parameter file(s).
+    overrides : dict
+        Elastix parameter overrides, e.g. ``{"MaximumNumberOfIterations": [100, 100, 100]}``.
+    roi : bool or None
+        Crop frame t to the previous mask's bounding box grown by ``roi_margin_mm``, so the
+        metric and the B-spline grid cover only the target's neighbourhood. ``None`` (auto)
+        turns it on for targets smaller than ``roi_max_area_mm2``: a small target sliding
+        against the chest wall needs it, a large organ carries its own context.
+    roi_margin_mm : float
+    roi_max_area_mm2 : float
+    roi_grid_spacing_mm : float or None
+        B-spline control-point spacing when the ROI is on (``FinalGridSpacingInPhysicalUnits``,
+        unless given as an override): the crop is small, so a finer grid costs little and
+        can follow the target's own deformation (through-plane change of its cross-section).
+        None keeps the preset's spacing.
+    flatten_sigma_mm : float
+        Each frame is divided by its own Gaussian-smoothed copy (sigma in mm) before it is
+        registered: the receive-coil bias field stays put while the anatomy moves under it,
+        which no global intensity metric can absorb; dividing it out leaves local contrast.
+        0 registers the frames as they are.
+    min_area_ratio, max_area_ratio : float
+        Quality gate: a registered mask whose area leaves this range relative to the previous
+        frame's answer is rejected and the previous mask kept (through-plane motion changes
+        the area slowly; a jump means a failed registration).
+    budget_s : float or None
+        Seconds each frame may take: the schedule (iterations, samples) is chosen to fit it
+        (:mod:`regtrack.budget`). None: the preset's full schedule.
+    total_budget_s : float or None
+        Seconds for the whole sequence (offline): each frame gets what is left divided by the
+        frames left.
+    method : {"registration", "sam", "hybrid"}
+        "registration": elastix alone. "sam": the SAM2.1 video tracker alone (a peer).
+        "hybrid": SAM's mask of frame t initialises the registration (translation and ROI),
+        and answers when the registration fails its gate or misses its deadline; without a
+        checkpoint, hybrid says so once and runs registration alone.
+    sam_checkpoint : str or None
+        SAM2.1 checkpoint file (default: the ``REGTRACK_SAM2_CHECKPOINT`` variable).
+    sam_image_size : int or None
+        SAM2.1 input side (default: the model's 1024; smaller is faster on a CPU).
+    check_folds : bool or None
+        Reject a registration whose B-spline folds (Jacobian determinant <= 0) inside the ROI;
+        costs one displacement field per frame (about 11 ms). None: on in hybrid mode.
+    max_jump_mm, agree_mm : float
+        Hybrid gate: a registration whose centroid moved more than ``max_jump_mm`` from the
+        previous frame while SAM's did not, and that lies more than ``agree_mm`` from SAM's,
+        is replaced by SAM's mask (:func:`regtrack.gate.hybrid_decision`).
+    """
+
+    preset: Any = DEFAULT_PRESET
+    overrides: dict = field(default_factory=dict)
+    roi: bool | None = None
+    roi_margin_mm: float = 20.0
+    roi_max_area_mm2: float = 2000.0
+    roi_grid_spacing_mm: float | None = 8.0
+    flatten_sigma_mm: float = 0.0
+    min_area_ratio: float = 0.5
+    max_area_ratio: float = 2.0
+    budget_s: float | None = None
+    total_budget_s: float | None = None
+    method: str = "registration"
+    sam_checkpoint: str | None = None
+    sam_image_size: int | None = None
+    check_folds: bool | None = None
+    max_jump_mm: float = 10.0
+    agree_mm: float = 3.0
+    calibrate_step_sizes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        object.__setattr__(self, "budget_s", check_budget(self.budget_s, "budget_s"))
+        object.__setattr__(
+            self, "total_budget_s", check_budget(self.total_budget_s, "total_budget_s")
+        )
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The answer for one frame.
+
+    ``source`` is "given" (frame 0), "registration", "sam" (the SAM2.1 tracker's mask: method
+    "sam", or hybrid mode when the registration was rejected or late), or "previous" (the
+    last good mask: the gate rejected the registration, elastix failed, or the deadline came
+    first). ``reason`` says why, ``gate`` what the hybrid gate decided ("pass", "sam").
+    ``schedule`` names the iteration/sample schedule used (:mod:`regtrack.budget`) and
+    ``work`` its iterations x samples; ``budget_ms`` and ``latency_ms`` (arrival to answer)
+    are set by the streaming tracker when it runs under a budget. Frame 0's answer carries
+    ``step_sizes``: the ASGD step-size parameters estimated once on frame 0 and used for every
+    later frame (:attr:`Engine.step_sizes`).
+    """
+
+    index: int
+    mask: np.ndarray
+    source: str
+    reason: str = ""
+    metric_value: float = float("nan")
+    iterations: int = 0
+    registration_ms: float = 0.0
+    feature_ms: float = 0.0
+    elapsed_ms: float = 0.0
+    initial_shift_mm: tuple[float, float] = (0.0, 0.0)
+    roi: bool = False
+    schedule: str = ""
+    work: int = 0
+    sam_score: float = float("nan")
+    gate: str = ""
+    budget_ms: float = float("nan")
+    latency_ms: float = float("nan")
+    displacement_mm: np.ndarray | None = None
+    step_sizes: dict | None = None
+
+    def record(self) -> dict:
+        """The JSON-serialisable per-frame record (no arrays)."""
+        values = asdict(self)
+        del values["mask"], values["displacement_mm"]
+        if self.step_sizes is None:
+            del values["step_sizes"]
+        values["area_px"] = int(self.mask.sum())
+        return values
+
+
+def flatten_intensity(frame: np.ndarray, sigma_mm: float, spacing_mm) -> np.ndarray:
+    """Divide a frame by its Gaussian-smoothed copy: a smooth multiplicative bias cancels.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W)
+    sigma_mm : float
+        Scale of the smoothing; 0 returns the frame unchanged.
+    spacing_mm : (float, float)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+    """
+    if sigma_mm <= 0:
+        return frame
+    sigma_px = [sigma_mm / float(s) for s in spacing_mm]
+    low = ndimage.gaussian_filter(frame.astype(np.float64), sigma_px, mode="nearest")
+    floor = 1e-3 * float(np.abs(low).mean()) + 1e-12  # background stays finite
+    return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=np.float32)
+
+
+def _roi_box(mask: np.ndarray, margin_mm: float, spacing_mm) -> tuple[slice, slice]:
+    """The mask's bounding box grown by ``margin_mm`` on every side, clipped to the frame."""
+    margin = np.ceil(margin_mm / np.asarray(spacing_mm)).astype(int)
+    rows, cols = np.nonzero(mask)
+    low = np.maximum([rows.min(), cols.min()] - margin, 0)
+    high = np.minimum(np.array([rows.max(), cols.max()]) + margin + 1, mask.shape)
+    return slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1]))
+
+
+def _use_roi(settings: TrackerSettings, first_mask: np.ndarray, spacing_mm) -> bool:
+    if settings.roi is not None:
+        return settings.roi
+    area_mm2 = first_mask.sum() * spacing_mm[0] * spacing_mm[1]
+    return bool(area_mm2 < settings.roi_max_area_mm2)
+
+
+def _overrides(settings: TrackerSettings, use_roi: bool) -> dict:
+    """The elastix overrides, with the ROI grid spacing unless the user set one."""
+    overrides = dict(settings.overrides)
+    if use_roi and settings.roi_grid_spacing_mm:
+        overrides.setdefault("FinalGridSpacingInPhysicalUnits", settings.roi_grid_spacing_mm)
+    return overrides
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What stays fixed over a sequence: parameter maps, frame 0 (or its features), ROI policy."""
+
+    parameter_maps: dict  # Schedule -> itk.ParameterObject
+    works: dict  # Schedule -> iterations x samples
+    moving: Any  # frame 0, or its feature channels
+    extractor: FeatureExtractor | None
+    first_mask: np.ndarray
+    first_centroid: np.ndarray
+    settings: TrackerSettings
+    spacing_mm: tuple[float, float]
+    use_roi: bool
+    step_sizes: dict  # ASGD's estimates on frame 0, fixed for every frame ({}: estimated per frame)
+
+    @property
+    def check_folds(self) -> bool:
+        """Folds are looked for when asked, and by default in hybrid mode (SAM can take over)."""
+        if self.settings.check_folds is None:
+            return self.settings.method == "hybrid"
+        return self.settings.check_folds
+
+    @classmethod
+    def build(cls, frame0, first_mask, settings, spacing_mm) -> Engine:
+        spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        frame0 = flatten_intensity(frame0, settings.flatten_sigma_mm, spacing_mm)
+        use_roi = _use_roi(settings, first_mask, spacing_mm)
+        parameter_maps = load_parameter_maps(settings.preset, _overrides(settings, use_roi))
+        if uses_native_impact(parameter_maps):
+            parameter_maps = resolve_native_models(parameter_maps)
+        spec = feature_spec(parameter_maps)
+        extractor = FeatureExtractor(spec, frame0) if spec else None
+        moving = extractor(frame0) if extractor else frame0
+        if extractor:
+            parameter_maps = expand_for_channels(parameter_maps, extractor.weights)
+        box = _roi_box(first_mask, settings.roi_margin_mm, spacing_mm) if use_roi else None
+        step_sizes = _trial_run(parameter_maps, moving, spacing_mm, box)
+        if settings.calibrate_step_sizes and step_sizes:
+            parameter_maps = with_step_sizes(parameter_maps, step_sizes)
+        scaled = {schedule: scaled_maps(parameter_maps, schedule) for schedule in LADDER}
+        return cls(
+            parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
+            works={schedule: work for schedule, (_, work) in scaled.items()},
+            moving=moving, extractor=extractor,
+            first_mask=first_mask, first_centroid=centroid_mm(first_mask, spacing_mm),
+            settings=settings, spacing_mm=spacing_mm, use_roi=use_roi,
+            step_sizes=step_sizes if settings.calibrate_step_sizes else {},
+        )  # fmt: skip
+
+    def track_frame(
+        self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
+    ) -> FrameResult:
+        """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
+        start = time.perf_counter()
+        frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
+        features_start = time.perf_counter()
+        fixed = self.extractor(frame) if self.extractor else frame
+        feature_ms = (time.perf_counter() - features_start) * 1e3 if self.extractor else 0.0
+        shift = tuple(
+            float(v) for v in self.first_centroid - centroid_mm(previous, self.spacing_mm)
+        )
+        box = (
+            _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
+            if self.use_roi
+            else None
+        )
+        common = {"index": index, "initial_shift_mm": shift, "roi": self.use_roi,
+                  "feature_ms": feature_ms, "schedule": schedule.name,
+                  "work": self.works[schedule]}  # fmt: skip
+        try:
+            registration = register_pair(
+                fixed, self.moving, self.parameter_maps[schedule], spacing_mm=self.spacing_mm,
+                fixed_box=box, initial_shift_mm=shift,
+            )  # fmt: skip
+        except RegistrationError as error:
+            return _fallback(previous, str(error), start, **common)
+        mask = warp_mask(self.first_mask, registration)
+        folds, field_mm = 0.0, None
+        if self.check_folds or return_fields:
+            field_mm = displacement_field(registration)
+            region = np.zeros(mask.shape, bool)
+            region[box or (slice(None), slice(None))] = True
+            folds = folded_fraction(field_mm, self.spacing_mm, region) if self.check_folds else 0
+        reason = registration_gate(mask, registration.metric_value, int(previous.sum()),
+                                   self.settings, folds)  # fmt: skip
+        if reason:
+            return _fallback(previous, reason, start, **common)
+        return FrameResult(
+            mask=mask, source="registration", metric_value=registration.metric_value,
+            iterations=registration.iterations, registration_ms=registration.elapsed_ms,
+            elapsed_ms=(time.perf_counter() - start) * 1e3,
+            displacement_mm=field_mm if return_fields else None, **common,
+        )  # fmt: skip
+
+
+# The calibration run offsets frame 0 from itself by this much (mm), so the metric has the
+# gradient of a frame that moved a little, as frame 1 has.
+_CALIBRATION_SHIFT_MM = (2.0, 2.0)
+_STEP_SIZE_NAMES = ("SP_a", "SP_A", "SP_alpha", "SigmoidMax", "SigmoidMin", "SigmoidScale")
+_SIGMOID_SCALE_FLOOR = 1e-8  # elastix's default; the log rounds the estimate to 6 decimals
+
+
+def _trial_run(parameter_maps, images, spacing_mm, box) -> dict[str, list[float]]:
+    """Run elastix once, one iteration per level, on frame 0 against itself shifted a little:
+    a bad preset fails here, before any output, and ASGD's automatic estimation reports the
+    step sizes (its most expensive part: ~120 ms of every 350 x 350 call), which can then be
+    fixed for every frame instead of estimated again."""
+    import itk
+
+    trial = itk.ParameterObject.New()
+    for index in range(parameter_maps.GetNumberOfParameterMaps()):
+        parameter_map = dict(parameter_maps.GetParameterMap(index))
+        levels = len(parameter_map.get("MaximumNumberOfIterations", ("1",)))
+        parameter_map["MaximumNumberOfIterations"] = ("1",) * levels
+        trial.AddParameterMap(parameter_map)
+    try:
+        registration = register_pair(images, images, trial, spacing_mm=spacing_mm,
+                                     fixed_box=box, initial_shift_mm=_CALIBRATION_SHIFT_MM)  # fmt: skip
+    except RegistrationError as error:
+        if uses_native_impact(parameter_maps):
+            raise ValueError(NATIVE_IMPACT_MISSING) from error
+        raise ValueError(
+            f"the elastix parameter maps are not usable: {error}. Check the component names "
+            "and values in the preset or overrides against the elastix manual."
+        ) from error
+    return registration.step_sizes
+
+
+def with_step_sizes(parameter_maps, step_sizes: dict[str, list[float]]):
+    """A copy of ``parameter_maps`` whose ASGD stages use these step sizes instead of
+    estimating them (``AutomaticParameterEstimation "false"``).
+
+    ``step_sizes`` holds one value per level of every estimating stage, in stage order, as
+    :func:`regtrack.registration.read_step_sizes` returns them.
+    """
+    import itk
+
+    fixed = itk.ParameterObject.New()
+    used = 0
+    for index in range(parameter_maps.GetNumberOfParameterMaps()):
+        parameter_map = dict(parameter_maps.GetParameterMap(index))
+        if _estimates_step_sizes(parameter_map):
+            levels = int(parameter_map.get("NumberOfResolutions", ("1",))[0])
+            for name in _STEP_SIZE_NAMES:
+                values = step_sizes[name][used : used + levels]
+                if name == "SigmoidScale":
+                    values = [max(v, _SIGMOID_SCALE_FLOOR) for v in values]
+                parameter_map[name] = tuple(repr(float(v)) for v in values)
+            parameter_map["AutomaticParameterEstimation"] = ("false",)
+            used += levels
+        fixed.AddParameterMap(parameter_map)
+    return fixed
+
+
+def _estimates_step_sizes(parameter_map) -> bool:
+    optimizer = parameter_map.get("Optimizer", ("",))[0]
+    automatic = parameter_map.get("AutomaticParameterEstimation", ("false",))[0]
+    return optimizer == "AdaptiveStochasticGradientDescent" and automatic == "true"
+
+
+def _fallback(previous, reason: str, start: float, **common) -> FrameResult:
+    warnings.warn(
+        f"frame {common['index']}: {reason}; kept the previous frame's mask.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    logger.info("frame %d falls back to the previous mask: %s", common["index"], reason)
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    return FrameResult(
+        mask=previous, source="previous", reason=reason, elapsed_ms=elapsed_ms, **common
+    )
