@@ -266,6 +266,7 @@ def _open_reader(path: Path, what: str) -> sitk.ImageFileReader:
             f"cannot read the {what} {path}: SimpleITK says: {_first_line(err)}; "
             f"check that the file is a complete image ({', '.join(IMAGE_SUFFIXES)})"
         ) from err
+    _check_complete(reader, path, what)
     return reader
 
 
@@ -274,10 +275,34 @@ def _execute(reader: sitk.ImageFileReader, path: Path, what: str) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as err:
+        reason = _first_line(err)
+        if "No such file" in reason and path.is_file():  # SimpleITK's words for short data
+            reason = "its pixel data ends early"
         raise ValueError(
-            f"cannot read the {what} {path}: SimpleITK says: {_first_line(err)}; "
-            "the file may be truncated or corrupt"
+            f"cannot read the {what} {path}: {reason}; the file is truncated or corrupt (an "
+            "interrupted copy?): copy or export it again"
         ) from err
+
+
+def _check_complete(reader: sitk.ImageFileReader, path: Path, what: str) -> None:
+    """ValueError when an uncompressed .mha holds less pixel data than its header says."""
+    if path.suffix.lower() != ".mha":
+        return
+    with path.open("rb") as file:
+        head = file.read(8192)
+    end = head.find(b"ElementDataFile = LOCAL")
+    if end < 0 or b"CompressedData = True" in head[:end]:
+        return
+    header_bytes = head.index(b"\n", end) + 1
+    pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), 1)
+    item = sitk.GetArrayViewFromImage(pixel).itemsize * reader.GetNumberOfComponents()
+    expected = int(np.prod(reader.GetSize())) * item
+    found = path.stat().st_size - header_bytes
+    if found < expected:
+        raise ValueError(
+            f"the {what} {path} is truncated: it holds {found} of the {expected} bytes of "
+            "pixel data its header announces (an interrupted copy?); copy or export it again"
+        )
 
 
 def _first_line(err: Exception) -> str:

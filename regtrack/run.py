@@ -16,7 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .runfolder import RunFiles, file_fingerprint, fingerprint_change, hold_lock, read_records
+from .checks import (
+    check_first_mask_extent,
+    check_frame_rate,
+    check_sequence,
+    check_tracker_settings,
+)
+from .runfolder import (
+    RunFiles,
+    check_output_paths,
+    file_fingerprint,
+    fingerprint_change,
+    hold_lock,
+    read_records,
+)
 from .tracking import TrackerSettings, iter_track, replay
 
 __all__ = ["RunFiles", "track_case"]
@@ -175,12 +188,30 @@ def track_case(
     settings = settings or TrackerSettings()
     files = RunFiles(Path(out_dir))
     output = Path(output_path) if output_path else files.output
+    _check_before_writing(case, settings, files, output, frame_rate_hz)
     wanted = _settings_record(case, settings, return_fields)
     files.directory.mkdir(parents=True, exist_ok=True)
     with hold_lock(files):
         masks = _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
         write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
     return output
+
+
+def _check_before_writing(case, settings, files, output, frame_rate_hz) -> None:
+    """Every check that can fail, run before the folder exists: settings, outputs, input."""
+    from .io import IMAGE_SUFFIXES
+
+    check_tracker_settings(settings)
+    if frame_rate_hz is not None:
+        check_frame_rate(frame_rate_hz, "frame_rate_hz (--frame-rate)")
+    check_output_paths(files.directory, output)
+    if not output.name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(
+            f"output file {output} has no image suffix; end it with one of {IMAGE_SUFFIXES}"
+        )
+    frames_file = (getattr(case, "files", None) or {}).get("frames")
+    check_sequence(case.frames, f"sequence {frames_file}" if frames_file else "the frames")
+    check_first_mask_extent(case.first_mask)
 
 
 def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz) -> np.ndarray:

@@ -18,18 +18,31 @@ import hashlib
 import json
 import os
 import socket
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunFiles", "file_fingerprint", "fingerprint_change", "hold_lock", "read_records"]
+__all__ = [
+    "RunFiles",
+    "check_output_paths",
+    "fallback_runs",
+    "file_fingerprint",
+    "fingerprint_change",
+    "hold_lock",
+    "read_records",
+]
 
 #: Files up to this size are hashed whole; larger ones by their header and evenly spaced blocks.
 FULL_HASH_BYTES = 64 * 2**20
 _SAMPLE_BLOCKS = 64
 _BLOCK_BYTES = 64 * 2**10
+#: Record sources that are a normal answer; any other source is a fallback.
+NORMAL_SOURCES = ("given", "registration")
+#: Fallback runs at least this long are counted in a run's summary line.
+LONG_FALLBACK_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,22 @@ def read_records(path: str | Path) -> list[dict]:
             break
         records.append(record)
     return records
+
+
+def fallback_runs(
+    records: list[dict], normal: tuple[str, ...] = NORMAL_SOURCES
+) -> list[tuple[int, int]]:
+    """(first frame, length) of each run of consecutive fallback answers, in order."""
+    runs: list[tuple[int, int]] = []
+    for record in records:
+        if record.get("source") in normal:
+            continue
+        index = record["index"]
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
 
 
 # --------------------------------------------------------------------------- input fingerprints
@@ -212,3 +241,44 @@ def _is_alive(owner: dict) -> bool:
 
 def _describe(owner: dict) -> str:
     return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def check_output_paths(out_dir: str | Path, output_file: str | Path | None = None) -> None:
+    """Raise ValueError if the run folder or the output file could not be written.
+
+    Tried before anything is written: a folder that is an existing file or lies under one,
+    an output file that is a folder, a place we may not write. Nothing is left behind.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is an existing file; give a folder for the run")
+    _check_can_create(out_dir, "--out")
+    if output_file is not None:
+        output_file = Path(output_file)
+        if output_file.is_dir():
+            raise ValueError(
+                f"--output-file {output_file} is a folder; give a file name, e.g. "
+                f"{output_file / 'output.mha'}"
+            )
+        _check_can_create(output_file.parent, "--output-file")
+
+
+def _check_can_create(folder: Path, option: str) -> None:
+    """ValueError unless ``folder`` exists or can be made, and a file can be written in it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {folder} cannot be created: {existing} is a file, not a folder")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".regtrack-probe-", dir=existing)
+    except OSError as err:
+        raise ValueError(
+            f"{option} {folder} cannot be written: {err.strerror} in {existing}; choose a "
+            "folder you can write to"
+        ) from None
+    os.close(descriptor)
+    os.unlink(probe)

@@ -32,7 +32,7 @@ def _shift_first_label(case_dir, rows: int) -> None:
 def test_finished_run_refuses_a_new_first_label(small_case, tmp_path):
     out = tmp_path / "run"
     track_case(read_case(small_case), out)
-    _shift_first_label(small_case, 25)
+    _shift_first_label(small_case, 20)
     with pytest.raises(ValueError, match=r"C_first_label\.mha .*--restart"):
         track_case(read_case(small_case), out)
     track_case(read_case(small_case), out, restart=True)  # the fix the message names
@@ -43,7 +43,7 @@ def test_interrupted_run_refuses_to_resume_on_a_moved_label(small_case, tmp_path
     track_case(read_case(small_case), out)
     records = RunFiles(out).records
     records.write_text(records.read_text().splitlines(keepends=True)[0])  # "crashed" at 1
-    _shift_first_label(small_case, 25)
+    _shift_first_label(small_case, 20)
     with pytest.raises(ValueError, match="first_label.*changed"):
         track_case(read_case(small_case), out)
 
