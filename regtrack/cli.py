@@ -348,6 +348,10 @@ def _evaluate(args) -> int:
     out.write_text(json.dumps(scores, indent=2))
     print(table)
     print(f"scores: {out}")
+    if scores["failed"]:
+        print(f"regtrack evaluate: {len(scores['failed'])} case(s) not scored: "
+              f"{', '.join(scores['failed'])} (reasons above)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

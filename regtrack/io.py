@@ -140,6 +140,11 @@ class Geometry:
         _frame_axes(self.size, self.time_axis)  # raises when the image is not 2D + time
 
     @property
+    def pixel_type(self) -> str:
+        """The file's pixel type in SimpleITK's words, e.g. "16-bit signed integer"."""
+        return sitk.GetPixelIDValueAsString(self._reader.GetPixelID())
+
+    @property
     def ndim(self) -> int:
         """Number of ITK axes of the file (3, or 4 with a size-1 axis)."""
         return len(self.size)
@@ -414,6 +419,11 @@ class FrameReader:
     def shape(self) -> tuple[int, int, int]:
         """(T, H, W)."""
         return (self.geometry.n_frames, *self.geometry.frame_shape)
+
+    @property
+    def pixel_type(self) -> str:
+        """The file's pixel type in SimpleITK's words, e.g. "16-bit signed integer"."""
+        return sitk.GetPixelIDValueAsString(self._reader.GetPixelID())
 
     @property
     def ndim(self) -> int:
