@@ -19,7 +19,7 @@ __all__ = [
     "check_mask",
     "check_sequence",
     "check_tracker_settings",
-    "frame_has_signal",
+    "has_signal",
 ]
 
 
@@ -87,6 +87,13 @@ def as_binary_mask(values: np.ndarray, what: str, *, allow_empty: bool = False) 
     return values != 0
 
 
+def has_signal(image: np.ndarray) -> bool:
+    """Whether an image varies at all: a constant one (a dropped frame, all zeros) gives
+    elastix nothing to register, and it would answer "converged" with frame 0's mask."""
+    image = np.asarray(image)
+    return bool(image.size) and float(np.ptp(image)) > 1e-6 * max(float(np.abs(image).max()), 1e-12)
+
+
 # --------------------------------------------------------------------------- settings
 
 #: Settings that are lengths or areas: (field, CLI flag, zero allowed).
@@ -150,22 +157,19 @@ MAX_BLANK_FRACTION = 0.5
 MAX_MASK_FRACTION = 0.5
 
 
-def frame_has_signal(frame: np.ndarray) -> bool:
-    """Whether a frame holds an image: finite and not one constant value (e.g. all zero)."""
-    frame = np.asarray(frame)
-    return bool(np.isfinite(frame).all() and frame.max() > frame.min())
-
-
 def check_sequence(frames, what: str = "the sequence") -> list[int]:
-    """Read every frame once; refuse NaN, unreadable and blank sequences; return blank frames.
+    """Read every frame once (``frames``: any iterable of (H, W) frames); refuse NaN, unreadable and blank sequences; return blank frames.
 
     Frame 0 must hold an image (its mask is carried from it), and at most
     :data:`MAX_BLANK_FRACTION` of the later frames may be blank (constant, e.g. all zero);
     fewer blank frames give a RuntimeWarning. NaN/inf or a truncated file raise ValueError
     from the reader (or here, for arrays).
     """
-    blank = [t for t, frame in enumerate(_frames_in_order(frames)) if not frame_has_signal(frame)]
-    n_later = len(frames) - 1
+    blank, n_later = [], -1
+    for t, frame in enumerate(_frames_in_order(frames)):
+        n_later = t
+        if not has_signal(frame):
+            blank.append(t)
     if blank[:1] == [0]:
         raise ValueError(
             f"frame 0 of {what} holds no image (one constant value); the first mask is carried "

@@ -61,11 +61,11 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
         help="override an elastix parameter, e.g. --set MaximumNumberOfIterations=100,100,100",
     )  # fmt: skip
     roi = command.add_mutually_exclusive_group()
-    roi.add_argument("--roi", dest="roi", action="store_true", default=None,
+    roi.add_argument("--roi", dest="roi", action="store_true", default=True,
                      help="restrict the metric to the target's neighbourhood")  # fmt: skip
     roi.add_argument("--no-roi", dest="roi", action="store_false",
-                     help="use the whole frame (default: decided by target size)")  # fmt: skip
-    command.add_argument("--roi-margin-mm", type=float, default=20.0)
+                     help="use the whole frame (default: the target's neighbourhood)")  # fmt: skip
+    command.add_argument("--roi-margin-mm", type=float, default=30.0)
     command.add_argument("--flatten-sigma-mm", type=float, default=0.0,
                          help="divide frames by their smoothed copy (bias field); default 0: off")  # fmt: skip
     command.add_argument("--budget", type=float, metavar="SECONDS",

@@ -255,12 +255,18 @@ def check_parameter_names(names: Sequence[str]) -> None:
     for name in names:
         if name in KNOWN_PARAMETERS or any(p.fullmatch(name) for p in _KNOWN_PATTERNS):
             continue
-        close = difflib.get_close_matches(name, KNOWN_PARAMETERS, n=3)
+        close = _close_names(name)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(
             f"elastix parameter {name!r} is not a known elastix parameter.{hint} "
             "Parameter names are case-sensitive, as in elastix parameter files."
         )
+
+
+def _close_names(name: str) -> list[str]:
+    """Known names that start with ``name`` (a truncated name), else the most similar."""
+    longer = sorted(n for n in KNOWN_PARAMETERS if n.lower().startswith(name.lower()))
+    return longer[:3] or difflib.get_close_matches(name, KNOWN_PARAMETERS, n=3)
 
 
 def load_parameter_maps(

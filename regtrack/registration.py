@@ -30,6 +30,7 @@ __all__ = [
     "register_pair",
     "to_itk_image",
     "warp_mask",
+    "warp_mask_to",
 ]
 
 logger = logging.getLogger(__name__)
@@ -281,9 +282,27 @@ def warp_mask(mask: np.ndarray, registration: Registration) -> np.ndarray:
     points = mapped_points(registration.transform_parameters, mask.shape, registration.spacing_mm)
     if points is None:
         return _transformix_warp(mask, registration)
-    index = points / np.asarray(registration.spacing_mm, dtype=float)[:, None, None]
-    warped = ndimage.map_coordinates(mask.astype(np.float32), index, order=1, cval=0.0)
-    return warped >= 0.5
+    return warp_mask_to(mask, points, registration.spacing_mm)
+
+
+def warp_mask_to(mask: np.ndarray, points: np.ndarray, spacing_mm) -> np.ndarray:
+    """The mask sampled at ``points`` ((2, H, W) positions in mm), linear, thresholded at 0.5.
+
+    Only pixels whose point falls within a pixel of the mask's bounding box can be inside,
+    so only those are interpolated.
+    """
+    index = points / np.asarray(spacing_mm, dtype=float)[:, None, None]
+    warped = np.zeros(points.shape[1:], bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return warped
+    near = (
+        (index[0] > rows.min() - 1) & (index[0] < rows.max() + 1)
+        & (index[1] > cols.min() - 1) & (index[1] < cols.max() + 1)
+    )  # fmt: skip
+    values = ndimage.map_coordinates(mask.astype(np.float32), index[:, near], order=1, cval=0.0)
+    warped[near] = values >= 0.5
+    return warped
 
 
 def _transformix_warp(mask: np.ndarray, registration: Registration) -> np.ndarray:

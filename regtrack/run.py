@@ -37,7 +37,7 @@ __all__ = ["RunFiles", "track_case"]
 logger = logging.getLogger(__name__)
 
 
-def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> dict:
+def _settings_record(case, settings: TrackerSettings, return_fields: bool, inputs: dict) -> dict:
     """What a run was asked: the case and every tracker setting (a resume must ask the same)."""
     values = asdict(settings)
     preset = settings.preset
@@ -47,7 +47,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     return {
         "case": case.name,
         "files": getattr(case, "files", None),
-        "inputs": _input_fingerprints(case),
+        "inputs": inputs,
         "n_frames": int(case.frames.shape[0]),
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
         "spacing_mm": [float(v) for v in case.spacing_mm],
@@ -57,19 +57,13 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     }
 
 
-def _input_fingerprints(case) -> dict:
-    """Content fingerprints of the frames and the first mask: files when read from disk."""
-    files = getattr(case, "files", None) or {}
-    found = {}
-    for name, values in (("frames", case.frames), ("mask", case.first_mask)):
-        if files.get(name):
-            found[name] = file_fingerprint(files[name])
-        else:
-            array = np.ascontiguousarray(values)
-            digest = hashlib.sha256(array.view(np.uint8).data).hexdigest()
-            found[name] = {"path": f"<{name} array>", "size": array.nbytes, "sha256": digest,
-                           "hashed": "whole"}  # fmt: skip
-    return found
+def _mask_fingerprint(case) -> dict:
+    """Content fingerprint of the first mask: its file when read from disk, else its array."""
+    mask_file = (getattr(case, "files", None) or {}).get("mask")
+    if mask_file:
+        return file_fingerprint(mask_file)
+    array = np.ascontiguousarray(case.first_mask)
+    return {"path": "<mask array>", "sha256": hashlib.sha256(array.view(np.uint8).data).hexdigest()}
 
 
 def _prepare(files: RunFiles, wanted: dict, restart: bool) -> int:
@@ -188,8 +182,11 @@ def track_case(
     settings = settings or TrackerSettings()
     files = RunFiles(Path(out_dir))
     output = Path(output_path) if output_path else files.output
-    _check_before_writing(case, settings, files, output, frame_rate_hz)
-    wanted = _settings_record(case, settings, return_fields)
+    inputs = {
+        "frames": _check_before_writing(case, settings, files, output, frame_rate_hz),
+        "mask": _mask_fingerprint(case),
+    }
+    wanted = _settings_record(case, settings, return_fields, inputs)
     files.directory.mkdir(parents=True, exist_ok=True)
     with hold_lock(files):
         masks = _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
@@ -197,8 +194,11 @@ def track_case(
     return output
 
 
-def _check_before_writing(case, settings, files, output, frame_rate_hz) -> None:
-    """Every check that can fail, run before the folder exists: settings, outputs, input."""
+def _check_before_writing(case, settings, files, output, frame_rate_hz) -> dict:
+    """Every check that can fail, run before the folder exists: settings, outputs, input.
+
+    Returns the frames' fingerprint (taken in the same single read for frames in memory).
+    """
     from .io import IMAGE_SUFFIXES
 
     check_tracker_settings(settings)
@@ -210,8 +210,23 @@ def _check_before_writing(case, settings, files, output, frame_rate_hz) -> None:
             f"output file {output} has no image suffix; end it with one of {IMAGE_SUFFIXES}"
         )
     frames_file = (getattr(case, "files", None) or {}).get("frames")
-    check_sequence(case.frames, f"sequence {frames_file}" if frames_file else "the frames")
+    if frames_file:
+        check_sequence(case.frames, f"sequence {frames_file}")
+        frames_fingerprint = file_fingerprint(frames_file)
+    else:  # frames in memory: hash them in the same single pass
+        digest = hashlib.sha256()
+        check_sequence(_hashed(case.frames, digest), "the frames")
+        frames_fingerprint = {"path": "<frames array>", "sha256": digest.hexdigest()}
     check_first_mask_extent(case.first_mask)
+    return frames_fingerprint
+
+
+def _hashed(frames, digest):
+    """Yield the frames, feeding each into ``digest``."""
+    for frame in frames:
+        frame = np.ascontiguousarray(frame)
+        digest.update(frame.view(np.uint8).data)
+        yield frame
 
 
 def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz) -> np.ndarray:

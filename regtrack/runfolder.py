@@ -163,11 +163,11 @@ def fingerprint_change(before: dict, now: dict) -> str | None:
 
     A sampled hash cannot see every byte, so for large files a new mtime counts as a change.
     """
-    if before.get("size") != now["size"]:
-        return f"its size changed from {before.get('size')} to {now['size']} bytes"
-    if before.get("sha256") != now["sha256"]:
+    if before.get("size") != now.get("size"):
+        return f"its size changed from {before.get('size')} to {now.get('size')} bytes"
+    if before.get("sha256") != now.get("sha256"):
         return "its content changed"
-    if now["hashed"] == "sampled" and before.get("mtime_ns") != now["mtime_ns"]:
+    if now.get("hashed") == "sampled" and before.get("mtime_ns") != now.get("mtime_ns"):
         return "it was modified (new modification time)"
     return None
 
