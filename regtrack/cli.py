@@ -197,19 +197,48 @@ def _settings(args):
 
 def _track(args) -> int:
     from .io import read_case
-    from .parameters import load_parameter_maps
     from .run import track_case
 
-    settings = _settings(args)
-    load_parameter_maps(settings.preset, settings.overrides)  # bad preset: fail before reading
+    settings = _checked_settings(args, args.out, args.output_file)
     case = read_case(args.input, mask=args.mask)
     output = track_case(
         case, args.out, settings=settings, output_path=args.output_file,
         return_fields=args.fields, restart=args.restart, progress=not args.no_progress,
     )  # fmt: skip
+    print(run_summary(args.out / "frames.jsonl", settings.method))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
     _report_if_asked(args)
     return 0
+
+
+def _checked_settings(args, out_dir: Path, output_file: Path | None):
+    """The tracker settings, every value and output path checked before ITK or any input."""
+    from .checks import check_tracker_settings
+    from .runfolder import check_output_paths
+
+    settings = _settings(args)
+    check_tracker_settings(settings)
+    check_output_paths(out_dir, output_file)
+    return settings
+
+
+def run_summary(records_path: Path, method: str = "registration") -> str:
+    """One line: frames answered, fallbacks, and the long runs of fallbacks, from frames.jsonl."""
+    from .runfolder import LONG_FALLBACK_FRAMES, NORMAL_SOURCES, fallback_runs, read_records
+
+    records = read_records(records_path)
+    normal = (*NORMAL_SOURCES, "sam") if method == "sam" else NORMAL_SOURCES
+    runs = fallback_runs(records, normal)
+    n_fallback = sum(length for _, length in runs)
+    line = f"{len(records)} frames, {n_fallback} fallback answers"
+    long_runs = [run for run in runs if run[1] >= LONG_FALLBACK_FRAMES]
+    if long_runs:
+        first, length = max(long_runs, key=lambda run: run[1])
+        line += (
+            f"; {len(long_runs)} runs of {LONG_FALLBACK_FRAMES}+ fallback frames (longest: "
+            f"{length} frames from frame {first}): check those frames before trusting them"
+        )
+    return line
 
 
 def _report_if_asked(args) -> None:
@@ -238,21 +267,23 @@ def _add_realtime(commands) -> None:
 
 
 def _realtime(args) -> int:
+    from .checks import check_frame_rate
     from .io import read_case
-    from .parameters import load_parameter_maps
     from .run import track_case
 
-    settings = _settings(args)
+    settings = _checked_settings(args, args.out, None)
     if settings.budget_s is None:
         raise ValueError("realtime needs a per-frame --budget in seconds, e.g. --budget 0.25")
-    load_parameter_maps(settings.preset, settings.overrides)  # bad preset: fail before reading
+    if args.frame_rate is not None:
+        check_frame_rate(args.frame_rate, "--frame-rate")
     case = read_case(args.input, mask=args.mask)
-    rate = args.frame_rate or case.frame_rate_hz
+    rate = args.frame_rate if args.frame_rate is not None else case.frame_rate_hz
     if not rate:
         raise ValueError(f"{args.input} has no frame rate (frame-rate.json); pass --frame-rate HZ")
     output = track_case(case, args.out, settings=settings, restart=True, frame_rate_hz=rate,
                         progress=not args.no_progress)  # fmt: skip
     print(latency_summary(args.out / "frames.jsonl", settings.budget_s))
+    print(run_summary(args.out / "frames.jsonl", settings.method))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
     _report_if_asked(args)
     return 0
@@ -262,7 +293,9 @@ def latency_summary(records_path: Path, budget_s: float) -> str:
     """Latency percentiles, misses and answer sources of a run's frames.jsonl, as text."""
     import numpy as np
 
-    records = [json.loads(line) for line in records_path.read_text().splitlines()][1:]
+    from .runfolder import read_records
+
+    records = read_records(records_path)[1:]
     latency = np.array([r["latency_ms"] for r in records], float)
     sources = {s: sum(r["source"] == s for r in records) for s in {r["source"] for r in records}}
     p50, p95, p99 = np.percentile(latency, [50, 95, 99])
@@ -294,13 +327,12 @@ def _add_trackrad(commands) -> None:
 def _trackrad(args) -> int:
     import tempfile
 
-    from .io import read_case
+    from .io import container_output_path, read_case
     from .run import track_case
 
-    settings = _settings(args)
+    output = container_output_path(args.output)
+    settings = _checked_settings(args, args.output, output)
     case = read_case(args.input)
-    output = args.output / "images" / "mri-linac-series-targets" / "output.mha"
-    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="regtrack-trackrad-") as work:
         track_case(case, work, settings=settings, output_path=output,
                    progress=not args.no_progress)  # fmt: skip
@@ -316,6 +348,10 @@ def _evaluate(args) -> int:
     out.write_text(json.dumps(scores, indent=2))
     print(table)
     print(f"scores: {out}")
+    if scores["failed"]:
+        print(f"regtrack evaluate: {len(scores['failed'])} case(s) not scored: "
+              f"{', '.join(scores['failed'])} (reasons above)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -442,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default", RuntimeWarning)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"regtrack {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -105,14 +105,21 @@ def test_bad_preset_fails_before_any_frame(translated):
 
 
 class _FailingFrames:
-    """A lazy sequence whose frame ``fail_at`` cannot be read, like a file cut short."""
+    """A lazy sequence whose frame ``fail_at`` becomes unreadable mid-run (a disk gone): the
+    up-front check of the whole input reads it once, the tracker's read then fails."""
 
     def __init__(self, frames, fail_at):
         self.frames, self.fail_at, self.shape = frames, fail_at, frames.shape
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.frames)
 
     def __getitem__(self, index):
         if index == self.fail_at:
-            raise OSError(f"frame {index} unreadable")
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError(f"frame {index} unreadable")
         return self.frames[index]
 
 
