@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .budget import LADDER, Schedule, check_budget, scaled_maps
-from .checks import has_signal
+from .checks import check_tracker_settings, has_signal
 from .features import (
     NATIVE_IMPACT_MISSING,
     FeatureExtractor,
@@ -141,6 +141,7 @@ class TrackerSettings:
         object.__setattr__(
             self, "total_budget_s", check_budget(self.total_budget_s, "total_budget_s")
         )
+        check_tracker_settings(self)  # a bad value fails here, not frames later
 
 
 @dataclass(frozen=True)
