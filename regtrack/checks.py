@@ -10,7 +10,17 @@ import warnings
 
 import numpy as np
 
-__all__ = ["as_binary_mask", "check_frame", "check_frames", "check_mask"]
+__all__ = [
+    "as_binary_mask",
+    "check_first_mask_extent",
+    "check_frame",
+    "check_frame_rate",
+    "check_frames",
+    "check_mask",
+    "check_sequence",
+    "check_tracker_settings",
+    "has_signal",
+]
 
 
 def check_frames(frames) -> tuple[int, tuple[int, int]]:
@@ -75,3 +85,137 @@ def as_binary_mask(values: np.ndarray, what: str, *, allow_empty: bool = False) 
             stacklevel=3,
         )
     return values != 0
+
+
+def has_signal(image: np.ndarray) -> bool:
+    """Whether an image varies at all: a constant one (a dropped frame, all zeros) gives
+    elastix nothing to register, and it would answer "converged" with frame 0's mask."""
+    image = np.asarray(image)
+    return bool(image.size) and float(np.ptp(image)) > 1e-6 * max(float(np.abs(image).max()), 1e-12)
+
+
+# --------------------------------------------------------------------------- settings
+
+#: Settings that are lengths or areas: (field, CLI flag, zero allowed).
+_SIZES = (
+    ("roi_margin_mm", "--roi-margin-mm", True),
+    ("flatten_sigma_mm", "--flatten-sigma-mm", True),
+    ("roi_max_area_mm2", None, True),
+    ("roi_grid_spacing_mm", None, False),
+    ("min_area_ratio", None, False),
+    ("max_area_ratio", None, False),
+    ("max_jump_mm", None, False),
+    ("agree_mm", None, False),
+    ("sam_image_size", "--sam-image-size", False),
+)
+
+
+def check_tracker_settings(settings) -> None:
+    """Raise ValueError on the first setting the tracker would misuse, before any work.
+
+    Lengths and sigmas must be finite and >= 0 (> 0 where 0 means nothing), the preset must
+    exist and every elastix override must have a value of the right type and range.
+    """
+    from .parameters import check_parameter_names, check_parameter_values, preset_files
+
+    for name, flag, zero_ok in _SIZES:
+        value = getattr(settings, name, None)
+        if value is not None:
+            _check_number(value, name + (f" ({flag})" if flag else ""), zero_ok=zero_ok)
+    if settings.min_area_ratio >= settings.max_area_ratio:
+        raise ValueError(
+            f"min_area_ratio ({settings.min_area_ratio}) must be below max_area_ratio "
+            f"({settings.max_area_ratio})"
+        )
+    preset_files(settings.preset)
+    check_parameter_names(list(settings.overrides))
+    check_parameter_values(settings.overrides)
+
+
+def check_frame_rate(hz, name: str = "frame_rate_hz") -> float:
+    """A frame rate as a positive finite float, else ValueError naming ``name``."""
+    return _check_number(hz, name, zero_ok=False)
+
+
+def _check_number(value, name: str, *, zero_ok: bool) -> float:
+    """``value`` as a finite float >= 0 (> 0 unless ``zero_ok``), else ValueError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        wanted = "a number >= 0" if zero_ok else "a number > 0"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return number
+
+
+# --------------------------------------------------------------------------- whole input
+
+#: A sequence whose later frames are more than this fraction blank is refused.
+MAX_BLANK_FRACTION = 0.5
+#: A first mask covering more than this fraction of the frame is warned about.
+MAX_MASK_FRACTION = 0.5
+
+
+def check_sequence(frames, what: str = "the sequence") -> list[int]:
+    """Read every frame once (``frames``: any iterable of (H, W) frames); refuse NaN, unreadable and blank sequences; return blank frames.
+
+    Frame 0 must hold an image (its mask is carried from it), and at most
+    :data:`MAX_BLANK_FRACTION` of the later frames may be blank (constant, e.g. all zero);
+    fewer blank frames give a RuntimeWarning. NaN/inf or a truncated file raise ValueError
+    from the reader (or here, for arrays).
+    """
+    blank, n_later = [], -1
+    for t, frame in enumerate(_frames_in_order(frames)):
+        n_later = t
+        if not has_signal(frame):
+            blank.append(t)
+    if blank[:1] == [0]:
+        raise ValueError(
+            f"frame 0 of {what} holds no image (one constant value); the first mask is carried "
+            "from frame 0, so it must be a real frame. Check the file or the time axis"
+        )
+    if len(blank) > MAX_BLANK_FRACTION * n_later:
+        raise ValueError(
+            f"{what} holds no image in {len(blank)} of its {n_later} frames after frame 0 "
+            f"(first: {blank[0]}); there is nothing to track. Check the file or the time axis"
+        )
+    if blank:
+        warnings.warn(
+            f"{what} holds no image in {len(blank)} frames (first: {blank[0]}); their masks "
+            "will be fallbacks",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return blank
+
+
+def _frames_in_order(frames):
+    """Frames one by one, refusing NaN/inf (a lazy reader checks as it reads)."""
+    for index, frame in enumerate(frames):
+        if not np.isfinite(frame).all():
+            check_frame(frame, index)
+        yield frame
+
+
+def check_first_mask_extent(mask: np.ndarray, what: str = "the first mask") -> None:
+    """Warn when a first mask has several separate parts or covers most of the frame."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    _, n_parts = ndimage.label(mask)
+    if n_parts > 1:
+        warnings.warn(
+            f"{what} has {n_parts} separate parts; they are tracked as one target. Pass one "
+            "target per run if they move independently",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    covered = mask.mean()
+    if covered > MAX_MASK_FRACTION:
+        warnings.warn(
+            f"{what} covers {covered:.0%} of the frame; a tumour outline covers far less. "
+            "Check that it is not inverted (foreground = 1) or a body mask",
+            RuntimeWarning,
+            stacklevel=2,
+        )

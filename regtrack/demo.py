@@ -34,6 +34,7 @@ def run_demo(
     from .metrics import evaluate_case, format_table
     from .phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
     from .run import track_case
+    from .runfolder import RunFiles, read_records
 
     if case not in BENCHMARK_SPECS:
         raise ValueError(f"unknown demo case {case!r}; valid names are {sorted(BENCHMARK_SPECS)}")
@@ -53,19 +54,21 @@ def run_demo(
     }
     scores_path = out_dir / "scores.json"
     scores_path.write_text(json.dumps(per_method, indent=2))
-    records = [json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines()]
+    records = read_records(RunFiles(run_dir).records)
     ms = np.median([r["elapsed_ms"] for r in records if r["source"] != "given"])
     lines = []
     if report:
         from .report import write_report
 
         lines.append(f"report: {write_report(run_dir)}")
-    return "\n".join([
-        format_table(per_method),
-        f"median time per frame: {ms:.0f} ms",
-        f"case (TrackRAD layout, with ground truth): {folder}",
-        f"predicted masks: {output}",
-        f"per-frame record: {run_dir / 'frames.jsonl'}",
-        f"scores: {scores_path}",
-        *lines,
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            format_table(per_method),
+            f"median time per frame: {ms:.0f} ms",
+            f"case (TrackRAD layout, with ground truth): {folder}",
+            f"predicted masks: {output}",
+            f"per-frame record: {run_dir / 'frames.jsonl'}",
+            f"scores: {scores_path}",
+            *lines,
+        ]
+    )

@@ -42,8 +42,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Entries elastix expects once per fixed/moving pair in a multi-metric registration.
-_PER_PAIR_KEYS = ("Metric", "FixedImagePyramid", "MovingImagePyramid", "Interpolator",
-                  "ImageSampler")  # fmt: skip
+_PER_PAIR_KEYS = (
+    "Metric",
+    "FixedImagePyramid",
+    "MovingImagePyramid",
+    "Interpolator",
+    "ImageSampler",
+)
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,14 @@ def feature_spec(parameter_maps) -> FeatureSpec | None:
             f"a static-mode preset takes one Metric (for the features) or two (frames, then "
             f"features), not {len(metrics)}: {metrics}"
         )
-    return FeatureSpec(model=model, layers=layers, layer_weights=weights, pca_components=pca,
-                       image_weight=image_weight, feature_weight=feature_weight)  # fmt: skip
+    return FeatureSpec(
+        model=model,
+        layers=layers,
+        layer_weights=weights,
+        pca_components=pca,
+        image_weight=image_weight,
+        feature_weight=feature_weight,
+    )
 
 
 class FeatureExtractor:
@@ -124,9 +135,18 @@ class FeatureExtractor:
         Frame 0: fits the PCA when the spec asks for one.
     device : str, optional
         Torch device; default CUDA when available, else CPU.
+    checkpoint : str, optional
+        SAM2.1 checkpoint for SAM2 feature models (default: ``REGTRACK_SAM2_CHECKPOINT``).
     """
 
-    def __init__(self, spec: FeatureSpec, reference: np.ndarray, *, device: str | None = None):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        reference: np.ndarray,
+        *,
+        device: str | None = None,
+        checkpoint: str | None = None,
+    ):
         import torch
 
         from impact import load_extractor
@@ -136,7 +156,8 @@ class FeatureExtractor:
         options = {}
         if spec.model.lower().startswith("sam2"):
             options.update(layers=spec.layers, pca_components=spec.pca_components or None)
-            options.update(checkpoint=os.environ.get("REGTRACK_SAM2_CHECKPOINT"), device=self.device)
+            checkpoint = checkpoint or os.environ.get("REGTRACK_SAM2_CHECKPOINT")
+            options.update(checkpoint=checkpoint, device=self.device)
         self.model = load_extractor(spec.model, **options).to(self.device).eval()
         if spec.pca_components and hasattr(self.model, "fit_pca"):
             self.model.fit_pca(reference)
@@ -160,8 +181,9 @@ class FeatureExtractor:
         channels = []
         for feature_map in self._maps(frame):
             if feature_map.shape[-2:] != frame.shape:
-                feature_map = F.interpolate(feature_map, size=frame.shape, mode="bilinear",
-                                            align_corners=False)  # fmt: skip
+                feature_map = F.interpolate(
+                    feature_map, size=frame.shape, mode="bilinear", align_corners=False
+                )
             channels.extend(np.ascontiguousarray(feature_map[0].float().cpu().numpy()))
         if self.spec.image_weight:
             channels.insert(0, np.ascontiguousarray(frame, np.float32))
@@ -171,9 +193,11 @@ class FeatureExtractor:
         """Per channel, its weight at each resolution (or one for all): each layer's weight
         shared equally among its channels, the frame's own weight first when it is used."""
         sizes = [int(m.shape[1]) for m in self._maps(reference)]
-        weights = [tuple(total * w / n for total in self.spec.feature_weight)
-                   for w, n in zip(self.spec.layer_weights, sizes, strict=True)
-                   for _ in range(n)]  # fmt: skip
+        weights = [
+            tuple(total * w / n for total in self.spec.feature_weight)
+            for w, n in zip(self.spec.layer_weights, sizes, strict=True)
+            for _ in range(n)
+        ]
         return [self.spec.image_weight, *weights] if self.spec.image_weight else weights
 
 
@@ -217,13 +241,18 @@ NATIVE_IMPACT_MISSING = (
 )
 
 
-def resolve_native_models(parameter_maps, cache_dir: str | os.PathLike | None = None):
+def resolve_native_models(
+    parameter_maps,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+):
     """Replace built-in model names in ``ImpactModelsPath{k}`` by exported TorchScript files.
 
     Native IMPACT loads TorchScript files in elastix's IMPACT interface; a preset may name
-    ``"mind"`` (or ``"sam2.1_tiny"``, ... with ``REGTRACK_SAM2_CHECKPOINT``) and regtrack writes
-    the file once into ``cache_dir`` (default ``$XDG_CACHE_HOME/regtrack/impact``, with
-    ``XDG_CACHE_HOME`` defaulting to ``~/.cache``).
+    ``"mind"`` (or ``"sam2.1_tiny"``, ... with ``checkpoint``, default
+    ``REGTRACK_SAM2_CHECKPOINT``) and regtrack writes the file once into ``cache_dir`` (default
+    ``$XDG_CACHE_HOME/regtrack/impact``, with ``XDG_CACHE_HOME`` defaulting to ``~/.cache``),
+    named after the checkpoint it came from, so another checkpoint gets its own file.
     """
     import itk
 
@@ -238,11 +267,25 @@ def resolve_native_models(parameter_maps, cache_dir: str | os.PathLike | None = 
             if key.startswith("ImpactModelsPath"):
                 patch = _patch_size(parameter_map, key.removeprefix("ImpactModelsPath"))
                 parameter_map[key] = tuple(
-                    str(_native_model_file(v, cache, patch)) if v.lower() in EXTRACTOR_NAMES else v
+                    str(_native_model_file(v, cache, patch, checkpoint))
+                    if v.lower() in EXTRACTOR_NAMES
+                    else v
                     for v in values
                 )
         resolved.AddParameterMap(parameter_map)
     return resolved
+
+
+def _checkpoint_key(checkpoint) -> str:
+    """A short key of a checkpoint file: its resolved path, size and modification time."""
+    import hashlib
+
+    if not checkpoint:
+        return "nockpt"
+    path = Path(checkpoint).resolve()
+    stat = path.stat() if path.exists() else None
+    ident = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
 def _patch_size(parameter_map: dict, level: str) -> int:
@@ -250,15 +293,17 @@ def _patch_size(parameter_map: dict, level: str) -> int:
     return max(int(float(v)) for v in values) or 256
 
 
-def _native_model_file(name: str, cache: Path, patch: int) -> Path:
-    """Export the built-in extractor ``name`` for the native interface (once per patch size)."""
+def _native_model_file(name: str, cache: Path, patch: int, checkpoint=None) -> Path:
+    """Export the built-in extractor ``name`` for the native interface, once per patch size
+    and (for weighted models) per checkpoint file."""
     from impact import NativeImpactWrapper, export_torchscript, load_extractor
 
-    path = cache / f"{name.lower()}_native_{patch}.pt"
+    options, source = {}, ""
+    if name.lower() != "mind":
+        options["checkpoint"] = checkpoint or os.environ.get("REGTRACK_SAM2_CHECKPOINT")
+        source = "_" + _checkpoint_key(options["checkpoint"])
+    path = cache / f"{name.lower()}_native_{patch}{source}.pt"
     if not path.exists():
-        options = {}
-        if name.lower() != "mind":
-            options["checkpoint"] = os.environ.get("REGTRACK_SAM2_CHECKPOINT")
         wrapper = NativeImpactWrapper(load_extractor(name, **options))
         export_torchscript(wrapper, path, example_shape=(1, 1, patch, patch))
         logger.info("exported %s for native IMPACT to %s", name, path)

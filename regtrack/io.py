@@ -55,6 +55,7 @@ __all__ = [
     "FrameReader",
     "Geometry",
     "case_from_arrays",
+    "container_output_path",
     "output_path_for",
     "read_case",
     "read_mask",
@@ -75,7 +76,7 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 _CONTAINER_SEQUENCE_DIR = Path("images") / "mri-linacs"
 _CONTAINER_MASK_DIR = Path("images") / "mri-linac-target"
-_CONTAINER_OUTPUT = Path("output") / "images" / "mri-linac-series-targets" / "output.mha"
+_CONTAINER_OUTPUT_FILE = Path("images") / "mri-linac-series-targets" / "output.mha"
 _FRAME_RATE_JSON = "frame-rate.json"
 _FIELD_STRENGTH_JSON = "b-field-strength.json"
 _SCANNED_REGION_JSON = "scanned-region.json"
@@ -137,6 +138,11 @@ class Geometry:
                 f"{self.size}; pass a value from 0 to {ndim - 1}"
             )
         _frame_axes(self.size, self.time_axis)  # raises when the image is not 2D + time
+
+    @property
+    def pixel_type(self) -> str:
+        """The file's pixel type in SimpleITK's words, e.g. "16-bit signed integer"."""
+        return sitk.GetPixelIDValueAsString(self._reader.GetPixelID())
 
     @property
     def ndim(self) -> int:
@@ -265,6 +271,7 @@ def _open_reader(path: Path, what: str) -> sitk.ImageFileReader:
             f"cannot read the {what} {path}: SimpleITK says: {_first_line(err)}; "
             f"check that the file is a complete image ({', '.join(IMAGE_SUFFIXES)})"
         ) from err
+    _check_complete(reader, path, what)
     return reader
 
 
@@ -273,10 +280,34 @@ def _execute(reader: sitk.ImageFileReader, path: Path, what: str) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as err:
+        reason = _first_line(err)
+        if "No such file" in reason and path.is_file():  # SimpleITK's words for short data
+            reason = "its pixel data ends early"
         raise ValueError(
-            f"cannot read the {what} {path}: SimpleITK says: {_first_line(err)}; "
-            "the file may be truncated or corrupt"
+            f"cannot read the {what} {path}: {reason}; the file is truncated or corrupt (an "
+            "interrupted copy?): copy or export it again"
         ) from err
+
+
+def _check_complete(reader: sitk.ImageFileReader, path: Path, what: str) -> None:
+    """ValueError when an uncompressed .mha holds less pixel data than its header says."""
+    if path.suffix.lower() != ".mha":
+        return
+    with path.open("rb") as file:
+        head = file.read(8192)
+    end = head.find(b"ElementDataFile = LOCAL")
+    if end < 0 or b"CompressedData = True" in head[:end]:
+        return
+    header_bytes = head.index(b"\n", end) + 1
+    pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), 1)
+    item = sitk.GetArrayViewFromImage(pixel).itemsize * reader.GetNumberOfComponents()
+    expected = int(np.prod(reader.GetSize())) * item
+    found = path.stat().st_size - header_bytes
+    if found < expected:
+        raise ValueError(
+            f"the {what} {path} is truncated: it holds {found} of the {expected} bytes of "
+            "pixel data its header announces (an interrupted copy?); copy or export it again"
+        )
 
 
 def _first_line(err: Exception) -> str:
@@ -388,6 +419,11 @@ class FrameReader:
     def shape(self) -> tuple[int, int, int]:
         """(T, H, W)."""
         return (self.geometry.n_frames, *self.geometry.frame_shape)
+
+    @property
+    def pixel_type(self) -> str:
+        """The file's pixel type in SimpleITK's words, e.g. "16-bit signed integer"."""
+        return sitk.GetPixelIDValueAsString(self._reader.GetPixelID())
 
     @property
     def ndim(self) -> int:
@@ -608,10 +644,13 @@ def read_case(
         labels=gt,
         spacing_mm=frames.geometry.spacing_mm,
         geometry=frames.geometry,
-        files={name: str(p.resolve()) for name, p in
-               (("frames", layout.frames), ("mask", mask_path), ("labels", labels_path)) if p},
+        files={
+            name: str(p.resolve())
+            for name, p in (("frames", layout.frames), ("mask", mask_path), ("labels", labels_path))
+            if p
+        },
         **metadata,
-    )  # fmt: skip
+    )
 
 
 def _find_layout(path: Path) -> _Layout:
@@ -1090,10 +1129,15 @@ def output_path_for(input_path: str | os.PathLike[str]) -> Path:
     path = Path(input_path)
     root = _container_root(path)
     if root is not None:
-        return root.parent / _CONTAINER_OUTPUT
+        return container_output_path(root.parent / "output")
     if path.is_dir():
         return path / "output.mha"
     return path.with_name(f"{_image_stem(path)}_output{_image_suffix(path)}")
+
+
+def container_output_path(output_dir: str | os.PathLike[str]) -> Path:
+    """The masks file the challenge expects in its output folder (``/output``)."""
+    return Path(output_dir) / _CONTAINER_OUTPUT_FILE
 
 
 def _container_root(path: Path) -> Path | None:

@@ -8,6 +8,7 @@ place that turns Python values into elastix strings (``True -> "true"``).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "available_presets",
     "check_parameter_names",
+    "check_parameter_values",
     "load_parameter_maps",
     "preset_files",
     "to_elastix_values",
@@ -253,12 +255,18 @@ def check_parameter_names(names: Sequence[str]) -> None:
     for name in names:
         if name in KNOWN_PARAMETERS or any(p.fullmatch(name) for p in _KNOWN_PATTERNS):
             continue
-        close = difflib.get_close_matches(name, KNOWN_PARAMETERS, n=3)
+        close = _close_names(name)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(
             f"elastix parameter {name!r} is not a known elastix parameter.{hint} "
             "Parameter names are case-sensitive, as in elastix parameter files."
         )
+
+
+def _close_names(name: str) -> list[str]:
+    """Known names that start with ``name`` (a truncated name), else the most similar."""
+    longer = sorted(n for n in KNOWN_PARAMETERS if n.lower().startswith(name.lower()))
+    return longer[:3] or difflib.get_close_matches(name, KNOWN_PARAMETERS, n=3)
 
 
 def load_parameter_maps(
@@ -284,6 +292,7 @@ def load_parameter_maps(
 
     overrides = dict(overrides or {})
     check_parameter_names(list(overrides))
+    check_parameter_values(overrides)
     parameter_object = itk.ParameterObject.New()
     for path in preset_files(preset):
         parameter_object.AddParameterFile(str(path))
@@ -305,3 +314,112 @@ def parameter_overrides_from_strings(items: Sequence[str]) -> dict[str, list[str
             )
         overrides[name.strip()] = [v for v in re.split(r"[,\s]+", value.strip()) if v]
     return overrides
+
+
+# What each numeric or boolean elastix parameter takes; a bad value can crash elastix (a
+# negative grid spacing segfaults) or be read as something else (10.7 iterations as 10).
+_WHOLE_AT_LEAST_1 = ("a whole number >= 1", lambda x: x.is_integer() and x >= 1)
+_WHOLE_AT_LEAST_0 = ("a whole number >= 0", lambda x: x.is_integer() and x >= 0)
+_POSITIVE = ("a number > 0", lambda x: x > 0)
+_AT_LEAST_0 = ("a number >= 0", lambda x: x >= 0)
+_ANY_NUMBER = ("a number", lambda x: True)
+_VALUE_RULES = {
+    **dict.fromkeys(
+        [
+            "MaximumNumberOfIterations",
+            "NumberOfResolutions",
+            "NumberOfSpatialSamples",
+            "NumberOfHistogramBins",
+            "NumberOfFixedHistogramBins",
+            "NumberOfMovingHistogramBins",
+            "NumberOfSamplesForExactGradient",
+            "FixedImageDimension",
+            "MovingImageDimension",
+        ],
+        _WHOLE_AT_LEAST_1,
+    ),
+    **dict.fromkeys(
+        [
+            "MaximumNumberOfSamplingAttempts",
+            "NumberOfJacobianMeasurements",
+            "NumberOfGradientMeasurements",
+            "MaximumNumberOfJacobianMeasurements",
+            "NumberOfBandStructureSamples",
+        ],
+        _WHOLE_AT_LEAST_0,
+    ),
+    **dict.fromkeys(
+        [
+            "FinalGridSpacingInPhysicalUnits",
+            "FinalGridSpacingInVoxels",
+            "GridSpacingSchedule",
+            "ImagePyramidSchedule",
+            "FixedImagePyramidSchedule",
+            "MovingImagePyramidSchedule",
+            "MaximumStepLength",
+            "MaximumStepLengthRatio",
+            "SP_a",
+            "SP_alpha",
+            "FixedImageStandardDeviation",
+            "MovingImageStandardDeviation",
+            "SampleGridSpacing",
+            "SampleRegionSize",
+        ],
+        _POSITIVE,
+    ),
+    **dict.fromkeys(["SP_A", "FixedLimitRangeRatio", "MovingLimitRangeRatio"], _AT_LEAST_0),
+    "DefaultPixelValue": _ANY_NUMBER,
+    "RequiredRatioOfValidSamples": ("a number in (0, 1]", lambda x: 0 < x <= 1),
+    **dict.fromkeys(
+        [
+            "BSplineInterpolationOrder",
+            "FinalBSplineInterpolationOrder",
+            "FixedImageBSplineInterpolationOrder",
+        ],
+        ("a whole number from 0 to 5", lambda x: x.is_integer() and 0 <= x <= 5),
+    ),
+    "BSplineTransformSplineOrder": ("1, 2 or 3", lambda x: x in (1, 2, 3)),
+}
+_BOOLEAN_PARAMETER = re.compile(
+    r"(Use|Write|Erode|Check|Compress|Show|Automatic(Parameter|Scales)Estimation$|"
+    r"AutomaticTransformInitialization$|NewSamplesEveryIteration$|SubtractMean$).*"
+)
+_INDEXED_WEIGHT = re.compile(r"Metric\d+(Weight|RelativeWeight)")
+
+
+def check_parameter_values(overrides: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first override whose value elastix would misread or crash on.
+
+    Numbers are checked by type and range (grid spacings > 0, iterations whole and >= 1, ...),
+    booleans must be true or false; parameters taking names (Metric, Transform) are not checked.
+    """
+    for name, value in overrides.items():
+        texts = to_elastix_values(value)
+        if not texts:
+            raise ValueError(f"elastix parameter {name} has no value; e.g. --set {name}=VALUE")
+        what, accepts = _value_rule(name)
+        for text in texts:
+            if what and not accepts(text):
+                raise ValueError(
+                    f"elastix parameter {name} takes {what}, got {text!r}; "
+                    f"correct it in --set {name}=... or in the parameter file"
+                )
+
+
+def _value_rule(name: str):
+    """(what the parameter takes, test of one value string), or (None, None) if unchecked."""
+    if name in _VALUE_RULES or _INDEXED_WEIGHT.fullmatch(name):
+        what, test = _VALUE_RULES.get(name, _AT_LEAST_0)
+        return what, lambda text: _number_passes(text, test)
+    if _BOOLEAN_PARAMETER.fullmatch(name) and not name.startswith("UseNeighbourhood"):
+        return "true or false", lambda text: text in ("true", "false")
+    return None, None
+
+
+def _number_passes(text: str, test) -> bool:
+    """Whether ``text`` is a finite number that passes ``test``."""
+    try:
+        number = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(number) and bool(test(number))

@@ -30,6 +30,7 @@ __all__ = [
     "register_pair",
     "to_itk_image",
     "warp_mask",
+    "warp_mask_to",
 ]
 
 logger = logging.getLogger(__name__)
@@ -249,9 +250,12 @@ def _transformix_parameters(registration: Registration, interpolation_order: int
     rows, cols = registration.shape
     # Output on the full frame, even when the fixed image was cropped to a region of interest.
     full_frame = {
-        "Size": [cols, rows], "Index": [0, 0], "Origin": [0.0, 0.0],
-        "FinalBSplineInterpolationOrder": interpolation_order, "DefaultPixelValue": 0,
-    }  # fmt: skip
+        "Size": [cols, rows],
+        "Index": [0, 0],
+        "Origin": [0.0, 0.0],
+        "FinalBSplineInterpolationOrder": interpolation_order,
+        "DefaultPixelValue": 0,
+    }
     parameters = itk.ParameterObject.New()
     source = registration.transform_parameters
     for index in range(source.GetNumberOfParameterMaps()):
@@ -281,9 +285,29 @@ def warp_mask(mask: np.ndarray, registration: Registration) -> np.ndarray:
     points = mapped_points(registration.transform_parameters, mask.shape, registration.spacing_mm)
     if points is None:
         return _transformix_warp(mask, registration)
-    index = points / np.asarray(registration.spacing_mm, dtype=float)[:, None, None]
-    warped = ndimage.map_coordinates(mask.astype(np.float32), index, order=1, cval=0.0)
-    return warped >= 0.5
+    return warp_mask_to(mask, points, registration.spacing_mm)
+
+
+def warp_mask_to(mask: np.ndarray, points: np.ndarray, spacing_mm) -> np.ndarray:
+    """The mask sampled at ``points`` ((2, H, W) positions in mm), linear, thresholded at 0.5.
+
+    Only pixels whose point falls within a pixel of the mask's bounding box can be inside,
+    so only those are interpolated.
+    """
+    index = points / np.asarray(spacing_mm, dtype=float)[:, None, None]
+    warped = np.zeros(points.shape[1:], bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return warped
+    near = (
+        (index[0] > rows.min() - 1)
+        & (index[0] < rows.max() + 1)
+        & (index[1] > cols.min() - 1)
+        & (index[1] < cols.max() + 1)
+    )
+    values = ndimage.map_coordinates(mask.astype(np.float32), index[:, near], order=1, cval=0.0)
+    warped[near] = values >= 0.5
+    return warped
 
 
 def _transformix_warp(mask: np.ndarray, registration: Registration) -> np.ndarray:
@@ -307,8 +331,11 @@ def displacement_field(registration: Registration) -> np.ndarray:
     points = mapped_points(registration.transform_parameters, shape, spacing)
     if points is None:
         return _transformix_field(registration)
-    grid = np.stack(np.meshgrid(np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1],
-                                indexing="ij"))  # fmt: skip
+    grid = np.stack(
+        np.meshgrid(
+            np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1], indexing="ij"
+        )
+    )
     return np.ascontiguousarray(np.moveaxis(points - grid, 0, -1), dtype=np.float32)
 
 

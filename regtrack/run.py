@@ -1,26 +1,35 @@
 """Tracking a case on disk: resumable, flushed frame by frame, nothing half-written.
 
-An output folder holds
-- ``run.json``: what was asked (case, its files, preset, overrides, ROI); a rerun must ask
-  the same;
-- ``frames.jsonl``: one record per frame, appended and flushed as each frame is answered;
-- ``masks.partial.npy``: the masks so far (a memory-mapped (T, H, W) uint8 array);
-- ``displacement.partial.npy``: optional (T, H, W, 2) float32 fields, mm (row, col);
-- ``output.mha``: the final masks in the TrackRAD format, written once every frame is done.
+The output folder's files are listed in :mod:`regtrack.runfolder` (:class:`RunFiles`).
 A record is appended only after its mask is on disk, so a crash on frame 900 keeps 0-899 and
 a rerun resumes at frame 900.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from .checks import (
+    check_first_mask_extent,
+    check_frame_rate,
+    check_sequence,
+    check_tracker_settings,
+)
+from .runfolder import (
+    RunFiles,
+    check_output_paths,
+    file_fingerprint,
+    fingerprint_change,
+    hold_lock,
+    read_records,
+)
 from .tracking import TrackerSettings, iter_track, replay
 
 __all__ = ["RunFiles", "track_case"]
@@ -28,30 +37,7 @@ __all__ = ["RunFiles", "track_case"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RunFiles:
-    """Paths of one run's output folder."""
-
-    directory: Path
-
-    @property
-    def settings(self) -> Path:
-        return self.directory / "run.json"
-
-    @property
-    def records(self) -> Path:
-        return self.directory / "frames.jsonl"
-
-    @property
-    def masks(self) -> Path:
-        return self.directory / "masks.partial.npy"
-
-    @property
-    def fields(self) -> Path:
-        return self.directory / "displacement.partial.npy"
-
-
-def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> dict:
+def _settings_record(case, settings: TrackerSettings, return_fields: bool, inputs: dict) -> dict:
     """What a run was asked: the case and every tracker setting (a resume must ask the same)."""
     values = asdict(settings)
     preset = settings.preset
@@ -61,6 +47,7 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     return {
         "case": case.name,
         "files": getattr(case, "files", None),
+        "inputs": inputs,
         "n_frames": int(case.frames.shape[0]),
         "frame_shape": [int(n) for n in case.frames.shape[1:]],
         "spacing_mm": [float(v) for v in case.spacing_mm],
@@ -70,38 +57,74 @@ def _settings_record(case, settings: TrackerSettings, return_fields: bool) -> di
     }
 
 
+def _mask_fingerprint(case) -> dict:
+    """Content fingerprint of the first mask: its file when read from disk, else its array."""
+    mask_file = (getattr(case, "files", None) or {}).get("mask")
+    if mask_file:
+        return file_fingerprint(mask_file)
+    array = np.ascontiguousarray(case.first_mask)
+    return {"path": "<mask array>", "sha256": hashlib.sha256(array.view(np.uint8).data).hexdigest()}
+
+
 def _prepare(files: RunFiles, wanted: dict, restart: bool) -> int:
     """Check an existing run matches ``wanted``; return how many frames are already done."""
-    files.directory.mkdir(parents=True, exist_ok=True)
-    if restart or not files.settings.exists():
-        for path in (files.records, files.masks, files.fields):
+    found = None if restart else _read_settings(files)
+    done = _frames_done(files) if found is not None else 0
+    if done == 0:  # nothing worth keeping: start over with what is asked now
+        for path in (files.records, files.masks, files.fields, files.output):
             path.unlink(missing_ok=True)
-        files.settings.write_text(json.dumps(wanted, indent=2, default=str))
+        _write_json(files.settings, wanted)
         return 0
-    found = json.loads(files.settings.read_text())
-    if found != json.loads(json.dumps(wanted, default=str)):
-        changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+    _check_same_inputs(files, found.pop("inputs", {}), wanted["inputs"])
+    asked = json.loads(json.dumps({k: v for k, v in wanted.items() if k != "inputs"}, default=str))
+    if found != asked:
+        changed = sorted(k for k in asked.keys() | found.keys() if found.get(k) != asked.get(k))
         raise ValueError(
             f"{files.directory} holds a run with other settings ({', '.join(changed)} differ); "
             "pass --restart to start over there, or choose another output folder."
         )
-    return _frames_done(files)
+    return done
+
+
+def _read_settings(files: RunFiles) -> dict | None:
+    """The run.json of a previous run; None when there is none."""
+    if not files.settings.exists():
+        return None
+    try:
+        return json.loads(files.settings.read_text())
+    except ValueError:
+        raise ValueError(
+            f"{files.settings} is not valid JSON (damaged); pass --restart to start over there, "
+            "or choose another output folder."
+        ) from None
+
+
+def _check_same_inputs(files: RunFiles, before: dict, now: dict) -> None:
+    """ValueError naming the first input file that is not the one the run started on."""
+    for name, fingerprint in now.items():
+        old = before.get(name)
+        why = "the run has no fingerprint of it" if old is None else None
+        why = why or fingerprint_change(old, fingerprint)
+        if why:
+            raise ValueError(
+                f"{fingerprint['path']} is not the input {files.directory} was tracked on "
+                f"({why}); pass --restart to track it again from frame 0, or choose another "
+                "output folder."
+            )
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write run.json whole or not at all (a crash mid-write leaves the old one)."""
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(scratch, path)
 
 
 def _frames_done(files: RunFiles) -> int:
     """Frames 0..n-1 recorded in order (a torn last line from a crash is ignored)."""
-    if not files.records.exists() or not files.masks.exists():
+    if not files.masks.exists():
         return 0
-    done = 0
-    for line in files.records.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if record.get("index") != done:
-            break
-        done += 1
-    return done
+    return len(read_records(files.records))
 
 
 def _open_array(path: Path, shape: tuple[int, ...], dtype, fresh: bool) -> np.ndarray:
@@ -158,27 +181,79 @@ def track_case(
 
     settings = settings or TrackerSettings()
     files = RunFiles(Path(out_dir))
+    output = Path(output_path) if output_path else files.output
+    inputs = {
+        "frames": _check_before_writing(case, settings, files, output, frame_rate_hz),
+        "mask": _mask_fingerprint(case),
+    }
+    wanted = _settings_record(case, settings, return_fields, inputs)
+    files.directory.mkdir(parents=True, exist_ok=True)
+    with hold_lock(files):
+        masks = _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
+        write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
+    return output
+
+
+def _check_before_writing(case, settings, files, output, frame_rate_hz) -> dict:
+    """Every check that can fail, run before the folder exists: settings, outputs, input.
+
+    Returns the frames' fingerprint (taken in the same single read for frames in memory).
+    """
+    from .io import IMAGE_SUFFIXES
+
+    check_tracker_settings(settings)
+    if frame_rate_hz is not None:
+        check_frame_rate(frame_rate_hz, "frame_rate_hz (--frame-rate)")
+    check_output_paths(files.directory, output)
+    if not output.name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(
+            f"output file {output} has no image suffix; end it with one of {IMAGE_SUFFIXES}"
+        )
+    frames_file = (getattr(case, "files", None) or {}).get("frames")
+    if frames_file:
+        check_sequence(case.frames, f"sequence {frames_file}")
+        frames_fingerprint = file_fingerprint(frames_file)
+    else:  # frames in memory: hash them in the same single pass
+        digest = hashlib.sha256()
+        check_sequence(_hashed(case.frames, digest), "the frames")
+        frames_fingerprint = {"path": "<frames array>", "sha256": digest.hexdigest()}
+    check_first_mask_extent(case.first_mask)
+    return frames_fingerprint
+
+
+def _hashed(frames, digest):
+    """Yield the frames, feeding each into ``digest``."""
+    for frame in frames:
+        frame = np.ascontiguousarray(frame)
+        digest.update(frame.view(np.uint8).data)
+        yield frame
+
+
+def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz) -> np.ndarray:
+    """Resume or start the run in ``files``; return the (T, H, W) masks, all frames done."""
     n_frames, rows, cols = (int(n) for n in case.frames.shape)
-    done = _prepare(files, _settings_record(case, settings, return_fields), restart)
+    done = _prepare(files, wanted, restart)
     masks = _open_array(files.masks, (n_frames, rows, cols), np.uint8, fresh=done == 0)
     fields = None
-    if return_fields:
+    if wanted["fields"]:
         fields = _open_array(files.fields, (n_frames, rows, cols, 2), np.float32, done == 0)
     _truncate_records(files, done)
     if done < n_frames:
         if done:
             logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
         _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz)
-    output = Path(output_path) if output_path else files.directory / "output.mha"
-    write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
-    return output
+    return masks
 
 
 def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz) -> None:
     from tqdm.auto import tqdm
 
-    common = {"settings": settings, "spacing_mm": case.spacing_mm, "start": done,
-              "previous_mask": masks[done - 1] if done else None}  # fmt: skip
+    common = {
+        "settings": settings,
+        "spacing_mm": case.spacing_mm,
+        "start": done,
+        "previous_mask": masks[done - 1] if done else None,
+    }
     if frame_rate_hz:
         results = replay(case.frames, case.first_mask, frame_rate_hz=frame_rate_hz, **common)
     else:

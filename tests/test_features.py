@@ -9,6 +9,7 @@ from regtrack.features import FeatureExtractor, expand_for_channels, feature_spe
 from regtrack.parameters import load_parameter_maps
 from regtrack.phantom import generate_phantom
 from regtrack.registration import displacement_field, register_pair, warp_mask
+from regtrack.tracking import TrackerSettings, iter_track
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
 
@@ -21,8 +22,14 @@ def _dice(a, b):
 @pytest.fixture(scope="module")
 def phantom_pair():
     """Frame 0 and the frame furthest from it, with exact masks and the true field."""
-    case = generate_phantom(n_frames=16, site="liver", tumour_radius_mm=20.0, through_plane=0.0,
-                            breathing_amplitude_mm=14.0, seed=5)  # fmt: skip
+    case = generate_phantom(
+        n_frames=16,
+        site="liver",
+        tumour_radius_mm=20.0,
+        through_plane=0.0,
+        breathing_amplitude_mm=14.0,
+        seed=5,
+    )
     t = int(np.argmax(np.abs(case.centroids_mm - case.centroids_mm[0]).sum(axis=1)))
     return case, t
 
@@ -41,11 +48,12 @@ def test_layer_weights_must_match_layers():
 
 def test_channels_expand_the_per_pair_entries():
     weights = [(0.5,)] + [(0.125,)] * 3 + [(0.1, 0.4)]
-    parameter_map = dict(expand_for_channels(load_parameter_maps("impact_mind"), weights)
-                         .GetParameterMap(0))  # fmt: skip
-    assert parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + (
-        "AdvancedMeanSquares",
-    ) * 4
+    parameter_map = dict(
+        expand_for_channels(load_parameter_maps("impact_mind"), weights).GetParameterMap(0)
+    )
+    assert (
+        parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + ("AdvancedMeanSquares",) * 4
+    )
     assert parameter_map["ImageSampler"] == ("RandomCoordinate",) * 5
     assert [parameter_map[f"Metric{i}Weight"] for i in range(5)] == [("0.5",)] + [
         ("0.125",)
@@ -127,10 +135,14 @@ def test_impact_sam2_runs_with_a_checkpoint(random_sam21, monkeypatch, translate
 
 def test_two_metrics_put_the_frame_first_with_its_weight(phantom_pair):
     case, _ = phantom_pair
-    maps = load_parameter_maps("impact_mind", {
-        "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMeanSquares"],
-        "Metric0Weight": [0.2, 0.6], "Metric1Weight": [0.8, 0.4],
-    })  # fmt: skip
+    maps = load_parameter_maps(
+        "impact_mind",
+        {
+            "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMeanSquares"],
+            "Metric0Weight": [0.2, 0.6],
+            "Metric1Weight": [0.8, 0.4],
+        },
+    )
     spec = feature_spec(maps)
     assert (spec.image_weight, spec.feature_weight) == ((0.2, 0.6), (0.8, 0.4))
     extractor = FeatureExtractor(spec, case.frames[0])
@@ -139,4 +151,36 @@ def test_two_metrics_put_the_frame_first_with_its_weight(phantom_pair):
     assert extractor.weights[0] == (0.2, 0.6)
     assert extractor.weights[1:] == [pytest.approx((0.2, 0.1))] * 4
     parameter_map = dict(expand_for_channels(maps, extractor.weights).GetParameterMap(0))
-    assert parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + ("AdvancedMeanSquares",) * 4
+    assert (
+        parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + ("AdvancedMeanSquares",) * 4
+    )
+
+
+@pytest.mark.sam2
+def test_impact_sam2_checkpoint_set_in_the_settings_needs_no_environment(
+    random_sam21, monkeypatch, translated
+):
+    monkeypatch.delenv("REGTRACK_SAM2_CHECKPOINT", raising=False)
+    frames, truth = translated([(0, 0), (1, 1)], shape=(64, 64), radius=8)
+    settings = TrackerSettings(preset="impact_sam2", sam_checkpoint=str(random_sam21[0]))
+    results = list(iter_track(frames, truth[0], settings=settings))
+    assert results[1].source == "registration" and results[1].feature_ms > 0
+
+
+def test_native_model_files_are_keyed_by_the_checkpoint_they_came_from(tmp_path, monkeypatch):
+    from regtrack import features
+
+    made = []
+    monkeypatch.setattr("impact.load_extractor", lambda name, **options: made.append(options))
+    monkeypatch.setattr("impact.NativeImpactWrapper", lambda model: model)
+    monkeypatch.setattr(
+        "impact.export_torchscript", lambda wrapper, path, example_shape: path.write_text("ts")
+    )
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"1"), second.write_bytes(b"22")
+    one = features._native_model_file("sam2.1_tiny", tmp_path, 29, first)
+    two = features._native_model_file("sam2.1_tiny", tmp_path, 29, second)
+    assert one != two and one.exists() and two.exists()
+    assert features._native_model_file("sam2.1_tiny", tmp_path, 29, first) == one
+    assert [m["checkpoint"] for m in made] == [first, second]  # the cached one is not rebuilt
+    assert features._native_model_file("mind", tmp_path, 7).name == "mind_native_7.pt"

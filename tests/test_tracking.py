@@ -45,12 +45,13 @@ def test_fields_and_overrides(translated):
 
 def test_roi_auto_follows_target_size(translated):
     """Auto ROI (roi=None): on for a target under roi_max_area_mm2 (2000 mm² by default), off
-    for a larger one; an explicit roi wins over the size."""
+    for a larger one; an explicit roi wins over the size, and the default is on."""
     frames, small = translated([(0, 0), (2, 2)], radius=10)  # 1 mm pixels: 314 mm²
     _, large = translated([(0, 0), (2, 2)], radius=30)  # 2827 mm²
-    assert regtrack.track(frames, small[0]).records[1]["roi"] is True
-    assert regtrack.track(frames, large[0]).records[1]["roi"] is False
-    lowered = TrackerSettings(roi_max_area_mm2=100.0)  # the threshold, not the disk, decides
+    assert regtrack.track(frames, small[0], roi=None).records[1]["roi"] is True
+    assert regtrack.track(frames, large[0], roi=None).records[1]["roi"] is False
+    assert regtrack.track(frames, large[0]).records[1]["roi"] is True
+    lowered = TrackerSettings(roi=None, roi_max_area_mm2=100.0)  # the threshold decides
     assert list(iter_track(frames, small[0], settings=lowered))[1].roi is False
     assert regtrack.track(frames, small[0], roi=False).records[1]["roi"] is False
     assert regtrack.track(frames, large[0], roi=True).records[1]["roi"] is True
@@ -59,7 +60,9 @@ def test_roi_auto_follows_target_size(translated):
 def test_rejected_registration_falls_back_to_previous_mask(translated):
     frames, truth = translated([(0, 0), (2, 1), (2, 1)])
     settings = TrackerSettings(min_area_ratio=1.5)  # every registered mask fails the gate
-    with pytest.warns(RuntimeWarning, match="frame 1: registered mask area changed x1.00 from the previous"):
+    with pytest.warns(
+        RuntimeWarning, match="frame 1: registered mask area changed x1.00 from the previous"
+    ):
         results = list(iter_track(frames, truth[0], settings=settings))
     assert [r.source for r in results] == ["given", "previous", "previous"]
     assert "area" in results[2].reason
@@ -104,14 +107,21 @@ def test_bad_preset_fails_before_any_frame(translated):
 
 
 class _FailingFrames:
-    """A lazy sequence whose frame ``fail_at`` cannot be read, like a file cut short."""
+    """A lazy sequence whose frame ``fail_at`` becomes unreadable mid-run (a disk gone): the
+    up-front check of the whole input reads it once, the tracker's read then fails."""
 
     def __init__(self, frames, fail_at):
         self.frames, self.fail_at, self.shape = frames, fail_at, frames.shape
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.frames)
 
     def __getitem__(self, index):
         if index == self.fail_at:
-            raise OSError(f"frame {index} unreadable")
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError(f"frame {index} unreadable")
         return self.frames[index]
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..runfolder import NORMAL_SOURCES, RunFiles, read_records
+
 __all__ = [
     "ANSWER_SOURCES",
     "SOURCES",
@@ -40,12 +42,11 @@ logger = logging.getLogger(__name__)
 SOURCES = ("given", "registration", "sam", "previous")
 #: Sources that are a normal answer; anything else ("previous", "sam") is a fallback the
 #: physicist should see.
-ANSWER_SOURCES = ("given", "registration")
+ANSWER_SOURCES = NORMAL_SOURCES
 #: How a record's ``reason`` begins when the registration ran out of time (the deadline came
 #: first, or the previous frame's registration still held the worker): a missed deadline,
 #: not a gate's verdict (see :class:`regtrack.realtime.RealtimeTracker`).
 _TIMING_REASONS = ("deadline", "the registration of frame")
-_RUN_FILES = ("run.json", "frames.jsonl", "masks.partial.npy")
 
 
 @dataclass
@@ -141,9 +142,10 @@ def load_run(results_dir: str | Path) -> RunData:
     """
     directory = Path(results_dir)
     _check_results_folder(directory)
-    settings = json.loads((directory / "run.json").read_text())
-    records = _read_records(directory / "frames.jsonl")
-    masks = np.load(directory / "masks.partial.npy", mmap_mode="r")
+    files = RunFiles(directory)
+    settings = json.loads(files.settings.read_text())
+    records = read_records(files.records)
+    masks = np.load(files.masks, mmap_mode="r")
     n_frames = int(settings.get("n_frames") or masks.shape[0])
     run = RunData(directory, settings, records[:n_frames], n_frames, masks[: len(records)])
     _attach_case(run)
@@ -158,30 +160,16 @@ def _check_results_folder(directory: Path) -> None:
     )
     if not directory.is_dir():
         raise ValueError(f"no tracking results: {directory} is not a folder; {expected}")
-    missing = [name for name in _RUN_FILES if not (directory / name).is_file()]
+    missing = [path.name for path in RunFiles(directory).required if not path.is_file()]
     if missing:
         raise ValueError(
             f"no tracking results in {directory}: {', '.join(missing)} not found; {expected}"
         )
-    if not _read_records(directory / "frames.jsonl"):
+    if not read_records(RunFiles(directory).records):
         raise ValueError(
             f"no tracking results in {directory}: frames.jsonl holds no frame record yet; "
             f"{expected}, with at least frame 0 answered"
         )
-
-
-def _read_records(path: Path) -> list[dict]:
-    """Records 0..n-1 in order; a torn last line (crash mid-write) ends the list."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not isinstance(record, dict) or record.get("index") != len(records):
-            break
-        records.append(record)
-    return records
 
 
 def _attach_case(run: RunData) -> None:

@@ -132,6 +132,7 @@ def _track_and_score(payload: dict, run_dir: Path) -> dict:
     from regtrack.io import read_case
     from regtrack.metrics import METRIC_NAMES, evaluate_case
     from regtrack.run import track_case
+    from regtrack.runfolder import RunFiles, read_records
 
     case = read_case(payload["case_dir"])
     if case.labels is None:
@@ -146,7 +147,7 @@ def _track_and_score(payload: dict, run_dir: Path) -> dict:
         output = track_case(case, run_dir, settings=settings)
     truth = np.asarray(case.labels[:], dtype=np.uint8)
     scores = evaluate_case(read_mask_sequence(output), truth, scanned_region=case.scanned_region)
-    records = [json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines()]
+    records = read_records(RunFiles(run_dir).records)
     elapsed = [r["elapsed_ms"] for r in records if r["index"] > 0]
     return {
         **{name: scores[name] for name in METRIC_NAMES},
@@ -196,9 +197,20 @@ def _threads_here(threads) -> int:
 
 
 _ITK_LOCK = threading.Lock()
-_ITK_NAMES = ("MultiThreaderBase", "ParameterObject", "ElastixRegistrationMethod",
-              "TransformixFilter", "Image", "F", "UC", "image_from_array", "array_from_image",
-              "GetImageFromArray", "GetArrayFromImage", "GetArrayViewFromImage")  # fmt: skip
+_ITK_NAMES = (
+    "MultiThreaderBase",
+    "ParameterObject",
+    "ElastixRegistrationMethod",
+    "TransformixFilter",
+    "Image",
+    "F",
+    "UC",
+    "image_from_array",
+    "array_from_image",
+    "GetImageFromArray",
+    "GetArrayFromImage",
+    "GetArrayViewFromImage",
+)
 
 
 def _load_itk():
