@@ -280,9 +280,9 @@ def phantom_cases(set_name: str, max_frames: int | None) -> list[BenchCase]:
 
 
 def phantom_sets() -> dict:
-    from regtrack.phantom import CASE_SETS, REALISTIC_SPECS
+    from regtrack.phantom import CASE_SETS
 
-    return {**CASE_SETS, "realistic": REALISTIC_SPECS}
+    return dict(CASE_SETS)
 
 
 def load_cases(args) -> list[BenchCase]:

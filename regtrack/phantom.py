@@ -1380,19 +1380,6 @@ SEVERE_SPECS: dict[str, PhantomSpec] = {
 """The appearance stresses pushed further: tumour contrast 0.02, SNR 3 (liver) and 4 (a 10 mm
 lung tumour), tumour cross-section changing by +-50 %."""
 
-CASE_SETS: dict[str, dict[str, PhantomSpec]] = {
-    "benchmark": BENCHMARK_SPECS,
-    "appearance": APPEARANCE_SPECS,
-    "severe": SEVERE_SPECS,
-}
-"""The named case sets, in the order the README and the benchmark pages show them."""
-
-NAMED_SPECS: dict[str, PhantomSpec] = {
-    name: spec for specs in CASE_SETS.values() for name, spec in specs.items()
-}
-"""Every named case of :data:`CASE_SETS`, by name."""
-
-
 # --------------------------------------------------------------------------------------------
 # Semi-synthetic cases: a real frame warped by known motion
 # --------------------------------------------------------------------------------------------
@@ -1774,6 +1761,20 @@ REALISTIC_SPECS: dict[str, PhantomSpec] = {
 large target, through-plane change of the anatomy, every frame min-max scaled to 0..255 on its
 own, and (``mr_abdomen_jump``) the 40 mm abdominal jump of the development case. Not part of
 :data:`CASE_SETS`; the accuracy benchmark offers them as ``--cases realistic``."""
+
+CASE_SETS: dict[str, dict[str, PhantomSpec]] = {
+    "benchmark": BENCHMARK_SPECS,
+    "appearance": APPEARANCE_SPECS,
+    "severe": SEVERE_SPECS,
+    "realistic": REALISTIC_SPECS,
+}
+"""The named case sets, in the order the README and the benchmark pages show them."""
+
+NAMED_SPECS: dict[str, PhantomSpec] = {
+    name: spec for specs in CASE_SETS.values() for name, spec in specs.items()
+}
+"""Every named case of :data:`CASE_SETS`, by name."""
+
 
 SEMI_SYNTHETIC_SPECS: dict[str, SemiSyntheticSpec] = {
     "semi_breath_jump": SemiSyntheticSpec(name="semi_breath_jump", jump_frame=40, seed=401),

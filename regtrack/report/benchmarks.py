@@ -238,6 +238,7 @@ _CASE_SET_TITLES = {
     "benchmark": "Benchmark cases",
     "appearance": "Appearance-stress cases",
     "severe": "Severe appearance cases",
+    "realistic": "MR-like cases (smooth organs, per-frame 0..255 scaling)",
 }
 """Page headings of :data:`regtrack.phantom.CASE_SETS`."""
 
