@@ -135,15 +135,30 @@ class CostModel:
         return (intercept + slope * work) * max(self.margin, float(spread))
 
 
-def choose_schedule(available_ms: float | None, works: dict, cost: CostModel) -> Schedule:
+def choose_schedule(
+    available_ms: float | None,
+    works: dict,
+    cost: CostModel,
+    *,
+    next_frame_ms: float | None = None,
+    free_for_next: bool = True,
+) -> Schedule:
     """The largest rung of :data:`LADDER` predicted to fit ``available_ms``.
 
     ``works`` maps each schedule to its work. None (unlimited) gives the full preset; when no
     rung fits, the smallest is chosen (the caller answers at its deadline regardless).
+
+    ``next_frame_ms`` is the time until the next frame arrives: a rung predicted to run past
+    it keeps its worker busy when that frame comes, so it is chosen only when
+    ``free_for_next`` (another worker will be free for that frame); otherwise the rung must
+    also fit ``next_frame_ms``, and the pipeline keeps up with the frame rate.
     """
-    if available_ms is None:
+    limit = available_ms
+    if next_frame_ms is not None and not free_for_next:
+        limit = next_frame_ms if limit is None else min(limit, next_frame_ms)
+    if limit is None:
         return LADDER[0]
     for schedule in LADDER:
-        if cost.predict(works[schedule]) <= available_ms:
+        if cost.predict(works[schedule]) <= limit:
             return schedule
     return LADDER[-1]
