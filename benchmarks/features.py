@@ -55,8 +55,10 @@ def extractors(checkpoint: Path | None):
     if checkpoint is None:
         return
     for size in (256, 512, 1024):
-        yield (f"sam2.1-tiny layers 0,1 @ {size}",
-               lambda device, s=size: SAM2HieraFeatures(checkpoint, input_size=s, device=device))  # fmt: skip
+        yield (
+            f"sam2.1-tiny layers 0,1 @ {size}",
+            lambda device, s=size: SAM2HieraFeatures(checkpoint, input_size=s, device=device),
+        )
 
 
 def main(argv=None) -> int:
@@ -67,8 +69,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "features.json")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "features.json"
+    )
     args = parser.parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     frame = torch.rand(1, 1, 256, 256)
@@ -83,11 +86,21 @@ def main(argv=None) -> int:
                 with torch.inference_mode():
                     timing = _time_ms(lambda m=model, x=x: m(x), args.repeats, sync)
                 rows.append({"extractor": name, "device": device, **timing})
-                print(f"{name:<34}{device:<6}{timing['median_ms']:>10.1f} ms median"
-                      f"{timing['p95_ms']:>10.1f} ms p95", flush=True)  # fmt: skip
-    report = {"benchmark": "features", "frame": [256, 256], "torch_threads": torch.get_num_threads(),
-              "machine": {**machine(), "gpu": torch.cuda.get_device_name() if "cuda" in devices else None},
-              "results": rows}  # fmt: skip
+                print(
+                    f"{name:<34}{device:<6}{timing['median_ms']:>10.1f} ms median"
+                    f"{timing['p95_ms']:>10.1f} ms p95",
+                    flush=True,
+                )
+    report = {
+        "benchmark": "features",
+        "frame": [256, 256],
+        "torch_threads": torch.get_num_threads(),
+        "machine": {
+            **machine(),
+            "gpu": torch.cuda.get_device_name() if "cuda" in devices else None,
+        },
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written: {args.out}")

@@ -103,17 +103,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 512, 256, 128])
     parser.add_argument("--frames", type=int, default=3, help="timed frames per size")
-    parser.add_argument("--warmup", type=int, default=6,
-                        help="untimed steps; 6 fills SAM2.1's memory bank (num_maskmem - 1)")  # fmt: skip
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "sam_speed.json")  # fmt: skip
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=6,
+        help="untimed steps; 6 fills SAM2.1's memory bank (num_maskmem - 1)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "sam_speed.json"
+    )
     args = parser.parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     frames, mask = sequence(1 + args.warmup + args.frames)
-    print("SAM2.1-tiny, RANDOM weights: timing only, no accuracy claimed; 256 x 256 frames, "
-          f"{torch.get_num_threads()} torch threads")  # fmt: skip
-    print(f"{'device':<7}{'image_size':>11}{'median ms':>11}{'min ms':>9}{'max ms':>9}"
-          f"{'encoder ms':>12}{'init ms':>9}{'stored':>8}")  # fmt: skip
+    print(
+        "SAM2.1-tiny, RANDOM weights: timing only, no accuracy claimed; 256 x 256 frames, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+    print(
+        f"{'device':<7}{'image_size':>11}{'median ms':>11}{'min ms':>9}{'max ms':>9}"
+        f"{'encoder ms':>12}{'init ms':>9}{'stored':>8}"
+    )
     rows, load_before = [], os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = random_sam21_tiny(Path(folder))
@@ -121,17 +130,23 @@ def main(argv=None) -> int:
             for size in args.sizes:
                 row = time_tracker(checkpoint, size, device, frames, mask, args.warmup)
                 rows.append(row)
-                print(f"{device:<7}{size:>11}{row['median_ms']:>11.1f}{row['min_ms']:>9.1f}"
-                      f"{row['max_ms']:>9.1f}{row['encoder_ms']:>12.1f}{row['init_ms']:>9.1f}"
-                      f"{row['stored_frames']:>8}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{device:<7}{size:>11}{row['median_ms']:>11.1f}{row['min_ms']:>9.1f}"
+                    f"{row['max_ms']:>9.1f}{row['encoder_ms']:>12.1f}{row['init_ms']:>9.1f}"
+                    f"{row['stored_frames']:>8}",
+                    flush=True,
+                )
     gpu = torch.cuda.get_device_name() if "cuda" in devices else None
-    report = {"benchmark": "sam_speed", "model": "SAM2.1-tiny, random weights (timing only)",
-              "frame": [256, 256], "warmup_frames": args.warmup,
-              "torch_threads": torch.get_num_threads(),
-              "machine": {**machine(), "gpu": gpu},
-              "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
-              "results": rows}  # fmt: skip
+    report = {
+        "benchmark": "sam_speed",
+        "model": "SAM2.1-tiny, random weights (timing only)",
+        "frame": [256, 256],
+        "warmup_frames": args.warmup,
+        "torch_threads": torch.get_num_threads(),
+        "machine": {**machine(), "gpu": gpu},
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "results": rows,
+    }
     report["machine"]["versions"]["sam2"] = _version("sam2")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

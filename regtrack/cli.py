@@ -53,33 +53,70 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
     from .parameters import DEFAULT_PRESET
 
     command.add_argument(
-        "--preset", default=DEFAULT_PRESET,
+        "--preset",
+        default=DEFAULT_PRESET,
         help=f"elastix preset name or parameter file (default {DEFAULT_PRESET}; see `regtrack presets`)",
-    )  # fmt: skip
+    )
     command.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="override an elastix parameter, e.g. --set MaximumNumberOfIterations=100,100,100",
-    )  # fmt: skip
+    )
     roi = command.add_mutually_exclusive_group()
-    roi.add_argument("--roi", dest="roi", action="store_true", default=True,
-                     help="restrict the metric to the target's neighbourhood")  # fmt: skip
-    roi.add_argument("--no-roi", dest="roi", action="store_false",
-                     help="use the whole frame (default: the target's neighbourhood)")  # fmt: skip
+    roi.add_argument(
+        "--roi",
+        dest="roi",
+        action="store_true",
+        default=True,
+        help="restrict the metric to the target's neighbourhood",
+    )
+    roi.add_argument(
+        "--no-roi",
+        dest="roi",
+        action="store_false",
+        help="use the whole frame (default: the target's neighbourhood)",
+    )
     command.add_argument("--roi-margin-mm", type=float, default=30.0)
-    command.add_argument("--flatten-sigma-mm", type=float, default=0.0,
-                         help="divide frames by their smoothed copy (bias field); default 0: off")  # fmt: skip
-    command.add_argument("--budget", type=float, metavar="SECONDS",
-                         help="time per frame: the registration schedule is fitted to it")  # fmt: skip
-    command.add_argument("--total-budget", type=float, metavar="SECONDS",
-                         help="time for the whole sequence (offline), shared over the frames")  # fmt: skip
-    command.add_argument("--method", choices=("registration", "sam", "hybrid"),
-                         default="registration",
-                         help="registration alone, the SAM2.1 tracker alone, or SAM as "
-                         "initialiser and fallback of the registration")  # fmt: skip
-    command.add_argument("--sam-checkpoint", type=Path, metavar="PATH",
-                         help="SAM2.1 checkpoint (default: $REGTRACK_SAM2_CHECKPOINT)")  # fmt: skip
-    command.add_argument("--sam-image-size", type=int, metavar="PX",
-                         help="SAM2.1 input side (default 1024; smaller is faster on a CPU)")  # fmt: skip
+    command.add_argument(
+        "--flatten-sigma-mm",
+        type=float,
+        default=0.0,
+        help="divide frames by their smoothed copy (bias field); default 0: off",
+    )
+    command.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="time per frame: the registration schedule is fitted to it",
+    )
+    command.add_argument(
+        "--total-budget",
+        type=float,
+        metavar="SECONDS",
+        help="time for the whole sequence (offline), shared over the frames",
+    )
+    command.add_argument(
+        "--method",
+        choices=("registration", "sam", "hybrid"),
+        default="registration",
+        help="registration alone, the SAM2.1 tracker alone, or SAM as "
+        "initialiser and fallback of the registration",
+    )
+    command.add_argument(
+        "--sam-checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="SAM2.1 checkpoint (default: $REGTRACK_SAM2_CHECKPOINT)",
+    )
+    command.add_argument(
+        "--sam-image-size",
+        type=int,
+        metavar="PX",
+        help="SAM2.1 input side (default 1024; smaller is faster on a CPU)",
+    )
 
 
 def _add_demo(commands) -> None:
@@ -106,8 +143,9 @@ def _add_track(commands) -> None:
     _add_tracking_options(track)
     track.add_argument("--fields", action="store_true", help="also keep displacement fields")
     track.add_argument("--restart", action="store_true", help="discard a previous run in OUT")
-    track.add_argument("--report", action="store_true",
-                       help="also write OUT/report/ (movie, plots, index.html)")  # fmt: skip
+    track.add_argument(
+        "--report", action="store_true", help="also write OUT/report/ (movie, plots, index.html)"
+    )
     _add_progress(track)
     track.set_defaults(func=_track)
 
@@ -146,10 +184,17 @@ def _add_impact(commands) -> None:
     )
     export.add_argument("model", help="mind, sam2.1_tiny, sam2.1_small, sam2.1_base_plus, ...")
     export.add_argument("--out", type=Path, required=True, help="TorchScript file to write")
-    export.add_argument("--native", action="store_true",
-                        help="elastix IMPACT's interface forward(x, nb_layers, stats, direction)")  # fmt: skip
-    export.add_argument("--patch-size", type=int, default=29,
-                        help="native: the ImpactPatchSize the model is traced at")  # fmt: skip
+    export.add_argument(
+        "--native",
+        action="store_true",
+        help="elastix IMPACT's interface forward(x, nb_layers, stats, direction)",
+    )
+    export.add_argument(
+        "--patch-size",
+        type=int,
+        default=29,
+        help="native: the ImpactPatchSize the model is traced at",
+    )
     export.add_argument(
         "--checkpoint", type=Path, help="SAM2.1 checkpoint (or REGTRACK_SAM2_CHECKPOINT)"
     )
@@ -165,8 +210,16 @@ def _add_impact(commands) -> None:
 def _impact_export(args) -> int:
     from impact import NativeImpactWrapper, export_torchscript, info_path, load_extractor
 
-    options = {k: v for k, v in (("checkpoint", args.checkpoint), ("layers", args.layers),
-               ("input_size", args.input_size), ("pca_components", args.pca)) if v}  # fmt: skip
+    options = {
+        k: v
+        for k, v in (
+            ("checkpoint", args.checkpoint),
+            ("layers", args.layers),
+            ("input_size", args.input_size),
+            ("pca_components", args.pca),
+        )
+        if v
+    }
     if args.pca and not args.reference:
         raise ValueError("--pca needs --reference IMAGE, the frame the PCA is fitted on")
     extractor = load_extractor(args.model, **options)
@@ -187,12 +240,17 @@ def _settings(args):
     from .tracking import TrackerSettings
 
     return TrackerSettings(
-        preset=args.preset, overrides=parameter_overrides_from_strings(args.overrides),
-        roi=args.roi, roi_margin_mm=args.roi_margin_mm, flatten_sigma_mm=args.flatten_sigma_mm,
-        budget_s=args.budget, total_budget_s=getattr(args, "total_budget", None),
-        method=args.method, sam_image_size=args.sam_image_size,
+        preset=args.preset,
+        overrides=parameter_overrides_from_strings(args.overrides),
+        roi=args.roi,
+        roi_margin_mm=args.roi_margin_mm,
+        flatten_sigma_mm=args.flatten_sigma_mm,
+        budget_s=args.budget,
+        total_budget_s=getattr(args, "total_budget", None),
+        method=args.method,
+        sam_image_size=args.sam_image_size,
         sam_checkpoint=str(args.sam_checkpoint) if args.sam_checkpoint else None,
-    )  # fmt: skip
+    )
 
 
 def _track(args) -> int:
@@ -202,9 +260,14 @@ def _track(args) -> int:
     settings = _checked_settings(args, args.out, args.output_file)
     case = read_case(args.input, mask=args.mask)
     output = track_case(
-        case, args.out, settings=settings, output_path=args.output_file,
-        return_fields=args.fields, restart=args.restart, progress=not args.no_progress,
-    )  # fmt: skip
+        case,
+        args.out,
+        settings=settings,
+        output_path=args.output_file,
+        return_fields=args.fields,
+        restart=args.restart,
+        progress=not args.no_progress,
+    )
     print(run_summary(args.out / "frames.jsonl", settings.method))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
     _report_if_asked(args)
@@ -280,8 +343,14 @@ def _realtime(args) -> int:
     rate = args.frame_rate if args.frame_rate is not None else case.frame_rate_hz
     if not rate:
         raise ValueError(f"{args.input} has no frame rate (frame-rate.json); pass --frame-rate HZ")
-    output = track_case(case, args.out, settings=settings, restart=True, frame_rate_hz=rate,
-                        progress=not args.no_progress)  # fmt: skip
+    output = track_case(
+        case,
+        args.out,
+        settings=settings,
+        restart=True,
+        frame_rate_hz=rate,
+        progress=not args.no_progress,
+    )
     print(latency_summary(args.out / "frames.jsonl", settings.budget_s))
     print(run_summary(args.out / "frames.jsonl", settings.method))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
@@ -334,8 +403,7 @@ def _trackrad(args) -> int:
     settings = _checked_settings(args, args.output, output)
     case = read_case(args.input)
     with tempfile.TemporaryDirectory(prefix="regtrack-trackrad-") as work:
-        track_case(case, work, settings=settings, output_path=output,
-                   progress=not args.no_progress)  # fmt: skip
+        track_case(case, work, settings=settings, output_path=output, progress=not args.no_progress)
     print(f"masks: {output}")
     return 0
 
@@ -349,8 +417,11 @@ def _evaluate(args) -> int:
     print(table)
     print(f"scores: {out}")
     if scores["failed"]:
-        print(f"regtrack evaluate: {len(scores['failed'])} case(s) not scored: "
-              f"{', '.join(scores['failed'])} (reasons above)", file=sys.stderr)  # fmt: skip
+        print(
+            f"regtrack evaluate: {len(scores['failed'])} case(s) not scored: "
+            f"{', '.join(scores['failed'])} (reasons above)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -399,8 +470,13 @@ def _report(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, case=args.case, n_frames=args.frames,
-                      progress=not args.no_progress, report=args.report)  # fmt: skip
+    report = run_demo(
+        args.out,
+        case=args.case,
+        n_frames=args.frames,
+        progress=not args.no_progress,
+        report=args.report,
+    )
     print(report)
     return 0
 
@@ -422,17 +498,25 @@ def _add_sweep(commands) -> None:
         "dask.distributed; `regtrack sweep report RESULTS` ranks its settings and plots them.",
     )
     sweep.add_argument("target", metavar="SPEC | report", help="sweep spec (TOML), or `report`")
-    sweep.add_argument("results", nargs="?", type=Path, metavar="RESULTS",
-                       help="with `report`: the results folder")  # fmt: skip
+    sweep.add_argument(
+        "results", nargs="?", type=Path, metavar="RESULTS", help="with `report`: the results folder"
+    )
     sweep.add_argument("--out", type=Path, help="results folder (required to run)")
-    sweep.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler "
-                       "(used as it is), or `synchronous` (no dask, one task at a time)")  # fmt: skip
+    sweep.add_argument(
+        "--scheduler",
+        help="tcp://host:port of a running dask scheduler "
+        "(used as it is), or `synchronous` (no dask, one task at a time)",
+    )
     sweep.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    sweep.add_argument("--threads-per-task", type=int,
-                       help="ITK threads per task (default: cores / task slots)")  # fmt: skip
+    sweep.add_argument(
+        "--threads-per-task", type=int, help="ITK threads per task (default: cores / task slots)"
+    )
     sweep.add_argument("--resume", action="store_true", help="run only what RESULTS lacks")
-    sweep.add_argument("--retry-failed", action="store_true",
-                       help="with --resume, also rerun the tasks recorded as failed")  # fmt: skip
+    sweep.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume, also rerun the tasks recorded as failed",
+    )
     sweep.add_argument("--by", default="dsc", help="report: metric to rank by (default dsc)")
     sweep.add_argument("--no-plots", action="store_true", help="report: skip the PNG plots")
     _add_progress(sweep)
@@ -442,8 +526,9 @@ def _add_sweep(commands) -> None:
 def _sweep(args) -> int:
     if args.target == "report":
         if args.results is None:
-            raise ValueError("`regtrack sweep report` needs the results folder: "
-                             "regtrack sweep report RESULTS")  # fmt: skip
+            raise ValueError(
+                "`regtrack sweep report` needs the results folder: regtrack sweep report RESULTS"
+            )
         from .sweep import sweep_report
 
         sweep_report(args.results, by=args.by, plots=not args.no_plots)
@@ -459,13 +544,21 @@ def _sweep(args) -> int:
 
     try:
         summary = run_sweep(
-            spec, args.out, scheduler=args.scheduler, workers=args.workers,
-            threads_per_task=args.threads_per_task, resume=args.resume,
-            retry_failed=args.retry_failed, progress=not args.no_progress,
-        )  # fmt: skip
+            spec,
+            args.out,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            threads_per_task=args.threads_per_task,
+            resume=args.resume,
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
-        print(f"interrupted; finished rows are in {args.out}. Rerun with --resume to run "
-              "only what is missing", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted; finished rows are in {args.out}. Rerun with --resume to run "
+            "only what is missing",
+            file=sys.stderr,
+        )
         return 130
     print(f"report: regtrack sweep report {args.out}")
     return 1 if summary.failed else 0

@@ -61,12 +61,14 @@ def run_demo(
         from .report import write_report
 
         lines.append(f"report: {write_report(run_dir)}")
-    return "\n".join([
-        format_table(per_method),
-        f"median time per frame: {ms:.0f} ms",
-        f"case (TrackRAD layout, with ground truth): {folder}",
-        f"predicted masks: {output}",
-        f"per-frame record: {run_dir / 'frames.jsonl'}",
-        f"scores: {scores_path}",
-        *lines,
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            format_table(per_method),
+            f"median time per frame: {ms:.0f} ms",
+            f"case (TrackRAD layout, with ground truth): {folder}",
+            f"predicted masks: {output}",
+            f"per-frame record: {run_dir / 'frames.jsonl'}",
+            f"scores: {scores_path}",
+            *lines,
+        ]
+    )

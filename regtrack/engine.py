@@ -290,11 +290,16 @@ class Engine:
         return cls(
             parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
             works={schedule: work for schedule, (_, work) in scaled.items()},
-            moving=moving, frame0=frame0, extractor=extractor,
-            first_mask=first_mask, first_centroid=centroid_mm(first_mask, spacing_mm),
-            settings=settings, spacing_mm=spacing_mm, use_roi=use_roi,
+            moving=moving,
+            frame0=frame0,
+            extractor=extractor,
+            first_mask=first_mask,
+            first_centroid=centroid_mm(first_mask, spacing_mm),
+            settings=settings,
+            spacing_mm=spacing_mm,
+            use_roi=use_roi,
             step_sizes=step_sizes if settings.calibrate_step_sizes else {},
-        )  # fmt: skip
+        )
 
     def track_frame(
         self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
@@ -313,17 +318,26 @@ class Engine:
             if self.use_roi
             else None
         )
-        common = {"index": index, "initial_shift_mm": shift, "roi": self.use_roi,
-                  "feature_ms": feature_ms, "schedule": schedule.name,
-                  "work": self.works[schedule]}  # fmt: skip
+        common = {
+            "index": index,
+            "initial_shift_mm": shift,
+            "roi": self.use_roi,
+            "feature_ms": feature_ms,
+            "schedule": schedule.name,
+            "work": self.works[schedule],
+        }
         if not has_signal(frame[box or (slice(None), slice(None))]):
             reason = "frame has no signal (constant) in the target's neighbourhood"
             return _fallback(previous, reason, start, **common)
         try:
             registration = register_pair(
-                fixed, self.moving, self.parameter_maps[schedule], spacing_mm=self.spacing_mm,
-                fixed_box=box, initial_shift_mm=shift,
-            )  # fmt: skip
+                fixed,
+                self.moving,
+                self.parameter_maps[schedule],
+                spacing_mm=self.spacing_mm,
+                fixed_box=box,
+                initial_shift_mm=shift,
+            )
         except RegistrationError as error:
             return _fallback(previous, str(error), start, **common)
         points = mapped_points(registration.transform_parameters, frame.shape, self.spacing_mm)
@@ -347,16 +361,22 @@ class Engine:
             region = np.zeros(mask.shape, bool)
             region[box or (slice(None), slice(None))] = True
             folds = folded_fraction(field_mm, self.spacing_mm, region) if self.check_folds else 0
-        reason = registration_gate(mask, registration.metric_value, int(previous.sum()),
-                                   self.settings, folds)  # fmt: skip
+        reason = registration_gate(
+            mask, registration.metric_value, int(previous.sum()), self.settings, folds
+        )
         if reason:
             return _fallback(previous, reason, start, **common)
         return FrameResult(
-            mask=mask, source="registration", metric_value=registration.metric_value,
-            iterations=registration.iterations, registration_ms=registration.elapsed_ms,
-            elapsed_ms=(time.perf_counter() - start) * 1e3, refined=refined,
-            displacement_mm=field_mm if return_fields else None, **common,
-        )  # fmt: skip
+            mask=mask,
+            source="registration",
+            metric_value=registration.metric_value,
+            iterations=registration.iterations,
+            registration_ms=registration.elapsed_ms,
+            elapsed_ms=(time.perf_counter() - start) * 1e3,
+            refined=refined,
+            displacement_mm=field_mm if return_fields else None,
+            **common,
+        )
 
 
 # The calibration run offsets frame 0 from itself by this much (mm), so the metric has the
@@ -380,8 +400,14 @@ def _trial_run(parameter_maps, images, spacing_mm, box) -> dict[str, list[float]
         parameter_map["MaximumNumberOfIterations"] = ("1",) * levels
         trial.AddParameterMap(parameter_map)
     try:
-        registration = register_pair(images, images, trial, spacing_mm=spacing_mm,
-                                     fixed_box=box, initial_shift_mm=_CALIBRATION_SHIFT_MM)  # fmt: skip
+        registration = register_pair(
+            images,
+            images,
+            trial,
+            spacing_mm=spacing_mm,
+            fixed_box=box,
+            initial_shift_mm=_CALIBRATION_SHIFT_MM,
+        )
     except RegistrationError as error:
         if uses_native_impact(parameter_maps):
             raise ValueError(NATIVE_IMPACT_MISSING) from error

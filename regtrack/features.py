@@ -42,8 +42,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Entries elastix expects once per fixed/moving pair in a multi-metric registration.
-_PER_PAIR_KEYS = ("Metric", "FixedImagePyramid", "MovingImagePyramid", "Interpolator",
-                  "ImageSampler")  # fmt: skip
+_PER_PAIR_KEYS = (
+    "Metric",
+    "FixedImagePyramid",
+    "MovingImagePyramid",
+    "Interpolator",
+    "ImageSampler",
+)
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,14 @@ def feature_spec(parameter_maps) -> FeatureSpec | None:
             f"a static-mode preset takes one Metric (for the features) or two (frames, then "
             f"features), not {len(metrics)}: {metrics}"
         )
-    return FeatureSpec(model=model, layers=layers, layer_weights=weights, pca_components=pca,
-                       image_weight=image_weight, feature_weight=feature_weight)  # fmt: skip
+    return FeatureSpec(
+        model=model,
+        layers=layers,
+        layer_weights=weights,
+        pca_components=pca,
+        image_weight=image_weight,
+        feature_weight=feature_weight,
+    )
 
 
 class FeatureExtractor:
@@ -170,8 +181,9 @@ class FeatureExtractor:
         channels = []
         for feature_map in self._maps(frame):
             if feature_map.shape[-2:] != frame.shape:
-                feature_map = F.interpolate(feature_map, size=frame.shape, mode="bilinear",
-                                            align_corners=False)  # fmt: skip
+                feature_map = F.interpolate(
+                    feature_map, size=frame.shape, mode="bilinear", align_corners=False
+                )
             channels.extend(np.ascontiguousarray(feature_map[0].float().cpu().numpy()))
         if self.spec.image_weight:
             channels.insert(0, np.ascontiguousarray(frame, np.float32))
@@ -181,9 +193,11 @@ class FeatureExtractor:
         """Per channel, its weight at each resolution (or one for all): each layer's weight
         shared equally among its channels, the frame's own weight first when it is used."""
         sizes = [int(m.shape[1]) for m in self._maps(reference)]
-        weights = [tuple(total * w / n for total in self.spec.feature_weight)
-                   for w, n in zip(self.spec.layer_weights, sizes, strict=True)
-                   for _ in range(n)]  # fmt: skip
+        weights = [
+            tuple(total * w / n for total in self.spec.feature_weight)
+            for w, n in zip(self.spec.layer_weights, sizes, strict=True)
+            for _ in range(n)
+        ]
         return [self.spec.image_weight, *weights] if self.spec.image_weight else weights
 
 

@@ -17,8 +17,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["centroid_mm", "folded_fraction", "hybrid_decision", "metric_outlier",
-           "registration_gate"]  # fmt: skip
+__all__ = [
+    "centroid_mm",
+    "folded_fraction",
+    "hybrid_decision",
+    "metric_outlier",
+    "registration_gate",
+]
 
 
 def centroid_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
@@ -99,6 +104,8 @@ def hybrid_decision(
         return True, ""
     reg_jump, sam_jump = float(np.linalg.norm(reg - before)), float(np.linalg.norm(sam - before))
     if reg_jump > max_jump_mm and sam_jump <= max_jump_mm:
-        return False, (f"registration jumped {reg_jump:.1f} mm from the previous frame, SAM "
-                       f"{sam_jump:.1f} mm; answers {apart:.1f} mm apart")  # fmt: skip
+        return False, (
+            f"registration jumped {reg_jump:.1f} mm from the previous frame, SAM "
+            f"{sam_jump:.1f} mm; answers {apart:.1f} mm apart"
+        )
     return True, f"SAM disagreed by {apart:.1f} mm (moved {sam_jump:.1f} mm); kept registration"

@@ -644,10 +644,13 @@ def read_case(
         labels=gt,
         spacing_mm=frames.geometry.spacing_mm,
         geometry=frames.geometry,
-        files={name: str(p.resolve()) for name, p in
-               (("frames", layout.frames), ("mask", mask_path), ("labels", labels_path)) if p},
+        files={
+            name: str(p.resolve())
+            for name, p in (("frames", layout.frames), ("mask", mask_path), ("labels", labels_path))
+            if p
+        },
         **metadata,
-    )  # fmt: skip
+    )
 
 
 def _find_layout(path: Path) -> _Layout:

@@ -325,35 +325,61 @@ _AT_LEAST_0 = ("a number >= 0", lambda x: x >= 0)
 _ANY_NUMBER = ("a number", lambda x: True)
 _VALUE_RULES = {
     **dict.fromkeys(
-        ["MaximumNumberOfIterations", "NumberOfResolutions", "NumberOfSpatialSamples",
-         "NumberOfHistogramBins", "NumberOfFixedHistogramBins", "NumberOfMovingHistogramBins",
-         "NumberOfSamplesForExactGradient", "FixedImageDimension", "MovingImageDimension"],
+        [
+            "MaximumNumberOfIterations",
+            "NumberOfResolutions",
+            "NumberOfSpatialSamples",
+            "NumberOfHistogramBins",
+            "NumberOfFixedHistogramBins",
+            "NumberOfMovingHistogramBins",
+            "NumberOfSamplesForExactGradient",
+            "FixedImageDimension",
+            "MovingImageDimension",
+        ],
         _WHOLE_AT_LEAST_1,
     ),
     **dict.fromkeys(
-        ["MaximumNumberOfSamplingAttempts", "NumberOfJacobianMeasurements",
-         "NumberOfGradientMeasurements", "MaximumNumberOfJacobianMeasurements",
-         "NumberOfBandStructureSamples"],
+        [
+            "MaximumNumberOfSamplingAttempts",
+            "NumberOfJacobianMeasurements",
+            "NumberOfGradientMeasurements",
+            "MaximumNumberOfJacobianMeasurements",
+            "NumberOfBandStructureSamples",
+        ],
         _WHOLE_AT_LEAST_0,
     ),
     **dict.fromkeys(
-        ["FinalGridSpacingInPhysicalUnits", "FinalGridSpacingInVoxels", "GridSpacingSchedule",
-         "ImagePyramidSchedule", "FixedImagePyramidSchedule", "MovingImagePyramidSchedule",
-         "MaximumStepLength", "MaximumStepLengthRatio", "SP_a", "SP_alpha",
-         "FixedImageStandardDeviation", "MovingImageStandardDeviation", "SampleGridSpacing",
-         "SampleRegionSize"],
+        [
+            "FinalGridSpacingInPhysicalUnits",
+            "FinalGridSpacingInVoxels",
+            "GridSpacingSchedule",
+            "ImagePyramidSchedule",
+            "FixedImagePyramidSchedule",
+            "MovingImagePyramidSchedule",
+            "MaximumStepLength",
+            "MaximumStepLengthRatio",
+            "SP_a",
+            "SP_alpha",
+            "FixedImageStandardDeviation",
+            "MovingImageStandardDeviation",
+            "SampleGridSpacing",
+            "SampleRegionSize",
+        ],
         _POSITIVE,
     ),
     **dict.fromkeys(["SP_A", "FixedLimitRangeRatio", "MovingLimitRangeRatio"], _AT_LEAST_0),
     "DefaultPixelValue": _ANY_NUMBER,
     "RequiredRatioOfValidSamples": ("a number in (0, 1]", lambda x: 0 < x <= 1),
     **dict.fromkeys(
-        ["BSplineInterpolationOrder", "FinalBSplineInterpolationOrder",
-         "FixedImageBSplineInterpolationOrder"],
+        [
+            "BSplineInterpolationOrder",
+            "FinalBSplineInterpolationOrder",
+            "FixedImageBSplineInterpolationOrder",
+        ],
         ("a whole number from 0 to 5", lambda x: x.is_integer() and 0 <= x <= 5),
     ),
     "BSplineTransformSplineOrder": ("1, 2 or 3", lambda x: x in (1, 2, 3)),
-}  # fmt: skip
+}
 _BOOLEAN_PARAMETER = re.compile(
     r"(Use|Write|Erode|Check|Compress|Show|Automatic(Parameter|Scales)Estimation$|"
     r"AutomaticTransformInitialization$|NewSamplesEveryIteration$|SubtractMean$).*"

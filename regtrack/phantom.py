@@ -59,11 +59,18 @@ __all__ = [
     "BENCHMARK_SPECS",
     "CASE_SETS",
     "NAMED_SPECS",
+    "REALISTIC_SPECS",
+    "SEMI_SYNTHETIC_SPECS",
     "SEVERE_SPECS",
     "SITES",
     "PhantomCase",
     "PhantomSpec",
+    "SemiSyntheticCase",
+    "SemiSyntheticSpec",
     "generate_phantom",
+    "generate_semisynthetic",
+    "minmax_scale",
+    "semisynthetic_from_case",
     "write_phantom_case",
 ]
 
@@ -153,6 +160,12 @@ class PhantomSpec:
     intensity_drift : float
         Strength of the per-frame global gain/offset rescaling (frame-to-frame jitter plus a
         slow drift) and of the change of the bias field over the sequence.
+    texture : float
+        Strength of the fine parenchymal texture of organs and body wall (1: the default rich
+        texture; 0.2: smooth organs with few edges besides vessels, as bSSFP cines look).
+    minmax_scale : bool
+        Rescale every frame to 0..255 on its own and round it, as exported cine frames are
+        (then a frame's intensity scale says nothing about the next one's).
     seed : int
         Seed of the numpy random generator; a case is a deterministic function of its spec.
     """
@@ -180,6 +193,8 @@ class PhantomSpec:
     snr: float = 20.0
     bias_strength: float = 0.15
     intensity_drift: float = 0.2
+    texture: float = 1.0
+    minmax_scale: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -202,36 +217,63 @@ def _spec_problems(spec: PhantomSpec) -> list[str]:
     checks = [
         (spec.site in SITES, f"site must be one of {list(SITES)}, got {spec.site!r}"),
         (int(spec.n_frames) >= 2, f"n_frames must be >= 2, got {spec.n_frames}"),
-        (len(spec.shape) == 2 and min(spec.shape) >= 96,
-         f"shape must be (H, W) with H, W >= 96, got {spec.shape}"),
+        (
+            len(spec.shape) == 2 and min(spec.shape) >= 96,
+            f"shape must be (H, W) with H, W >= 96, got {spec.shape}",
+        ),
         (spec.frame_rate_hz > 0, f"frame_rate_hz must be > 0, got {spec.frame_rate_hz}"),
-        (1.0 <= spec.tumour_radius_mm <= 60.0,
-         f"tumour_radius_mm must be in [1, 60], got {spec.tumour_radius_mm}"),
-        (abs(spec.tumour_contrast) <= 1.0,
-         f"tumour_contrast must be in [-1, 1], got {spec.tumour_contrast}"),
-        (0.0 <= spec.tumour_lobulation <= 1.0,
-         f"tumour_lobulation must be in [0, 1], got {spec.tumour_lobulation}"),
-        (spec.breathing_amplitude_mm >= 0,
-         f"breathing_amplitude_mm must be >= 0, got {spec.breathing_amplitude_mm}"),
-        (spec.breathing_period_s >= 0.5,
-         f"breathing_period_s must be >= 0.5, got {spec.breathing_period_s}"),
-        (0.0 <= spec.irregularity <= 1.0,
-         f"irregularity must be in [0, 1], got {spec.irregularity}"),
+        (
+            1.0 <= spec.tumour_radius_mm <= 60.0,
+            f"tumour_radius_mm must be in [1, 60], got {spec.tumour_radius_mm}",
+        ),
+        (
+            abs(spec.tumour_contrast) <= 1.0,
+            f"tumour_contrast must be in [-1, 1], got {spec.tumour_contrast}",
+        ),
+        (
+            0.0 <= spec.tumour_lobulation <= 1.0,
+            f"tumour_lobulation must be in [0, 1], got {spec.tumour_lobulation}",
+        ),
+        (
+            spec.breathing_amplitude_mm >= 0,
+            f"breathing_amplitude_mm must be >= 0, got {spec.breathing_amplitude_mm}",
+        ),
+        (
+            spec.breathing_period_s >= 0.5,
+            f"breathing_period_s must be >= 0.5, got {spec.breathing_period_s}",
+        ),
+        (
+            0.0 <= spec.irregularity <= 1.0,
+            f"irregularity must be in [0, 1], got {spec.irregularity}",
+        ),
         (0.0 <= spec.hysteresis <= 0.5, f"hysteresis must be in [0, 0.5], got {spec.hysteresis}"),
-        (_motion_bound_mm(spec) <= _MAX_MOTION_MM,
-         (f"breathing_amplitude_mm, drift_mm and baseline_shift_mm together may move content"
-          f" up to {_motion_bound_mm(spec):.0f} mm; at most {_MAX_MOTION_MM:.0f} mm is supported")),
-        (spec.baseline_shift_frames >= 1,
-         f"baseline_shift_frames must be >= 1, got {spec.baseline_shift_frames}"),
-        (spec.baseline_shift_frame is None or 0 <= spec.baseline_shift_frame < spec.n_frames,
-         f"baseline_shift_frame must be in [0, n_frames), got {spec.baseline_shift_frame}"),
-        (0.0 <= spec.through_plane <= 0.5,
-         f"through_plane must be in [0, 0.5], got {spec.through_plane}"),
-        (0.0 <= spec.anatomy_change <= 1.0,
-         f"anatomy_change must be in [0, 1], got {spec.anatomy_change}"),
+        (
+            _motion_bound_mm(spec) <= _MAX_MOTION_MM,
+            (
+                f"breathing_amplitude_mm, drift_mm and baseline_shift_mm together may move content"
+                f" up to {_motion_bound_mm(spec):.0f} mm; at most {_MAX_MOTION_MM:.0f} mm is supported"
+            ),
+        ),
+        (
+            spec.baseline_shift_frames >= 1,
+            f"baseline_shift_frames must be >= 1, got {spec.baseline_shift_frames}",
+        ),
+        (
+            spec.baseline_shift_frame is None or 0 <= spec.baseline_shift_frame < spec.n_frames,
+            f"baseline_shift_frame must be in [0, n_frames), got {spec.baseline_shift_frame}",
+        ),
+        (
+            0.0 <= spec.through_plane <= 0.5,
+            f"through_plane must be in [0, 0.5], got {spec.through_plane}",
+        ),
+        (
+            0.0 <= spec.anatomy_change <= 1.0,
+            f"anatomy_change must be in [0, 1], got {spec.anatomy_change}",
+        ),
         (spec.snr > 0, f"snr must be > 0 (inf for no noise), got {spec.snr}"),
         (spec.bias_strength >= 0, f"bias_strength must be >= 0, got {spec.bias_strength}"),
         (spec.intensity_drift >= 0, f"intensity_drift must be >= 0, got {spec.intensity_drift}"),
+        (spec.texture >= 0, f"texture must be >= 0, got {spec.texture}"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -251,7 +293,8 @@ class PhantomCase:
     spec : PhantomSpec
         The settings it was generated from.
     frames : ndarray, shape (T, H, W), float32
-        MR-like magnitude frames (arbitrary units, roughly 0-1000, rescaled per frame).
+        MR-like magnitude frames (arbitrary units, roughly 0-1000, rescaled per frame; 0..255
+        integers with ``minmax_scale``).
     masks : ndarray, shape (T, H, W), uint8
         Ground-truth tumour masks, 0/1, non-empty on every frame.
     displacement_mm : ndarray, shape (T, H, W, 2), float32
@@ -346,18 +389,22 @@ def generate_phantom(spec: PhantomSpec | None = None, **overrides: Any) -> Phant
     spec = _resolve_spec(spec, overrides)
     geometry = _Geometry(spec.shape)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(6)]
-    static, body, cavity_weight = _static_anatomy(geometry, rngs[0])
-    content = _content_anatomy(geometry, rngs[1])
+    static, body, cavity_weight = _static_anatomy(geometry, rngs[0], spec.texture)
+    content = _content_anatomy(geometry, rngs[1], spec.texture)
     traces, shift_frame = _motion_traces(spec, rngs[2])
     maps = _motion_maps(geometry, rngs[2])
     field_mm = _displacement(maps, traces)
     tumour = _make_tumour(spec, geometry, content, traces[:, 0], rngs[3])
-    neighbour = _content_anatomy(geometry, rngs[5]) if spec.anatomy_change > 0 else None
+    neighbour = (
+        _content_anatomy(geometry, rngs[5], spec.texture) if spec.anatomy_change > 0 else None
+    )
     blend = _anatomy_blend(traces[:, 0], spec)
     images, masks = _render(static, cavity_weight, (content, neighbour, blend), field_mm, tumour)
     if not masks[0].any():
-        raise ValueError(f"PhantomSpec: tumour_position_mm={spec.tumour_position_mm} puts the"
-                         " tumour outside the sliding body cavity; move it inside")
+        raise ValueError(
+            f"PhantomSpec: tumour_position_mm={spec.tumour_position_mm} puts the"
+            " tumour outside the sliding body cavity; move it inside"
+        )
     frames, sigma = _apply_appearance(images, body, spec, rngs[4])
     cavity = cavity_weight >= 0.5
     field_mm *= cavity[None, :, :, None]
@@ -418,8 +465,9 @@ def _resolve_spec(spec: PhantomSpec | None, overrides: dict[str, Any]) -> Phanto
     return dataclasses.replace(spec, **overrides)
 
 
-def _case_info(tumour: _Tumour, masks: np.ndarray, min_jacobian: float,
-               shift_frame: int | None, sigma: float) -> dict[str, Any]:
+def _case_info(
+    tumour: _Tumour, masks: np.ndarray, min_jacobian: float, shift_frame: int | None, sigma: float
+) -> dict[str, Any]:
     """Collect the extra facts stored in ``PhantomCase.info``."""
     return {
         "tumour_centre_mm": tuple(float(v) for v in _centroids(masks[:1])[0]),
@@ -438,12 +486,18 @@ def _warn_if_unrealistic(spec: PhantomSpec, masks: np.ndarray, info: dict[str, A
     if edge:
         logger.warning("phantom %r: the tumour touches the frame border", spec.name)
     if info["min_jacobian"] < 0.2:
-        logger.warning("phantom %r: strong compression, min Jacobian %.2f",
-                       spec.name, info["min_jacobian"])
-    expected = math.pi * spec.tumour_radius_mm ** 2
+        logger.warning(
+            "phantom %r: strong compression, min Jacobian %.2f", spec.name, info["min_jacobian"]
+        )
+    expected = math.pi * spec.tumour_radius_mm**2
     if info["tumour_area_mm2"] < 0.6 * expected:
-        logger.warning("phantom %r: frame-0 tumour area %.0f mm2 of about %.0f expected; is the"
-                       " tumour outside the cavity?", spec.name, info["tumour_area_mm2"], expected)
+        logger.warning(
+            "phantom %r: frame-0 tumour area %.0f mm2 of about %.0f expected; is the"
+            " tumour outside the cavity?",
+            spec.name,
+            info["tumour_area_mm2"],
+            expected,
+        )
     empty = np.flatnonzero(~masks.any(axis=(1, 2)))
     if empty.size:
         logger.warning("phantom %r: empty mask on frames %s", spec.name, empty[:10].tolist())
@@ -492,13 +546,19 @@ def _smooth_signal(times: np.ndarray, timescale_s: float, rng: np.random.Generat
 
 def _window(shape: tuple[int, ...], centre: np.ndarray, half: int) -> tuple[slice, slice]:
     """Slices of a (2 half + 1)-wide square window around an integer centre, clipped."""
-    rows, cols = (slice(max(int(c) - half, 0), min(int(c) + half + 1, n))
-                  for c, n in zip(centre, shape))
+    rows, cols = (
+        slice(max(int(c) - half, 0), min(int(c) + half + 1, n)) for c, n in zip(centre, shape)
+    )
     return rows, cols
 
 
-def _ellipse(rows: np.ndarray, cols: np.ndarray, centre: tuple[float, float],
-             axes: tuple[float, float], angle: float = 0.0) -> np.ndarray:
+def _ellipse(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    centre: tuple[float, float],
+    axes: tuple[float, float],
+    angle: float = 0.0,
+) -> np.ndarray:
     """Normalised elliptic radius (< 1 inside) of an ellipse with semi-axes (row, col)."""
     dr, dc = rows - centre[0], cols - centre[1]
     cos, sin = math.cos(angle), math.sin(angle)
@@ -571,8 +631,9 @@ class _Geometry:
         return (212.0 * self.sy, 140.0 * self.sx), (36.0 * self.sy, 14.0 * self.sx)
 
 
-def _static_anatomy(geometry: _Geometry, rng: np.random.Generator
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _static_anatomy(
+    geometry: _Geometry, rng: np.random.Generator, texture: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Static image (H, W), body mask and soft cavity weight (0-1)."""
     height, width = geometry.shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -581,7 +642,9 @@ def _static_anatomy(geometry: _Geometry, rng: np.random.Generator
     image = _paint_spine(image, geometry, line, rows, cols, rng)
     image = _paint_ribs(image, geometry, line, rows, cols)
     body = (cols >= geometry.ant_skin(line)) & (cols <= geometry.post_skin(line))
-    image = np.where(body, image * (1.0 + 0.05 * _noise_field(image.shape, 2.0, rng)), image)
+    image = np.where(
+        body, image * (1.0 + 0.05 * texture * _noise_field(image.shape, 2.0, rng)), image
+    )
     image = ndimage.gaussian_filter(image, 0.6)
     to_wall = np.minimum(cols - geometry.cavity_ant(line), geometry.cavity_post(line) - cols)
     cavity_weight = np.clip(to_wall + 0.5, 0.0, 1.0)
@@ -595,9 +658,17 @@ def _body_layers(geometry: _Geometry, line: np.ndarray, cols: np.ndarray) -> np.
     fat_end = ant + geometry.ant_fat(line)
     spine = geometry.spine_ant(line)
     layers = [  # (start column, intensity), painted left to right
-        (ant, 0.45), (ant + 1.5 * sx, 0.85), (fat_end, 0.30), (geometry.cavity_ant(line), 0.35),
-        (geometry.cavity_post(line), 0.75), (spine - 15.0 * sx, 0.82), (spine - 2.0 * sx, 0.7),
-        (spine + 39.0 * sx, 0.30), (post - 9.0 * sx, 0.85), (post - 1.5 * sx, 0.45), (post, 0.0),
+        (ant, 0.45),
+        (ant + 1.5 * sx, 0.85),
+        (fat_end, 0.30),
+        (geometry.cavity_ant(line), 0.35),
+        (geometry.cavity_post(line), 0.75),
+        (spine - 15.0 * sx, 0.82),
+        (spine - 2.0 * sx, 0.7),
+        (spine + 39.0 * sx, 0.30),
+        (post - 9.0 * sx, 0.85),
+        (post - 1.5 * sx, 0.45),
+        (post, 0.0),
     ]
     image = np.zeros(np.broadcast_shapes(line.shape, cols.shape))
     for start, value in layers:
@@ -605,8 +676,14 @@ def _body_layers(geometry: _Geometry, line: np.ndarray, cols: np.ndarray) -> np.
     return image
 
 
-def _paint_spine(image: np.ndarray, geometry: _Geometry, line: np.ndarray, rows: np.ndarray,
-                 cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _paint_spine(
+    image: np.ndarray,
+    geometry: _Geometry,
+    line: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Vertebral bodies, bright discs, dark endplates, spinal canal and spinous processes."""
     sx, sy = geometry.sx, geometry.sy
     spine = geometry.spine_ant(line)
@@ -633,8 +710,9 @@ def _paint_spine(image: np.ndarray, geometry: _Geometry, line: np.ndarray, rows:
     return image
 
 
-def _paint_ribs(image: np.ndarray, geometry: _Geometry, line: np.ndarray, rows: np.ndarray,
-                cols: np.ndarray) -> np.ndarray:
+def _paint_ribs(
+    image: np.ndarray, geometry: _Geometry, line: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
     """Rib cross-sections (dark cortex, grey marrow) in the anterior chest wall."""
     sx, sy = geometry.sx, geometry.sy
     for row in np.arange(10.0, 128.0, 22.0) * sy:
@@ -664,21 +742,30 @@ class _Content:
         return values.reshape(coords.shape[1:])
 
 
-def _content_anatomy(geometry: _Geometry, rng: np.random.Generator) -> _Content:
+def _content_anatomy(
+    geometry: _Geometry, rng: np.random.Generator, texture: float = 1.0
+) -> _Content:
     """Lung, diaphragm, liver, gallbladder, kidney and bowel in frame-0 coordinates."""
     height, width = geometry.shape
-    rows, cols = np.mgrid[-_PAD[0]:height + _PAD[0], -_PAD[1]:width + _PAD[1]].astype(np.float64)
+    rows, cols = np.mgrid[-_PAD[0] : height + _PAD[0], -_PAD[1] : width + _PAD[1]].astype(
+        np.float64
+    )
     dome = geometry.dome(cols[:1])
     lung = rows < dome - 2.0 * geometry.sy
     liver = (rows >= dome + 3.0 * geometry.sy) & (rows < geometry.liver_bottom(cols[:1]))
     image = np.where(lung, 0.07, np.where(liver, 0.42, 0.27))
     below = rows >= geometry.liver_bottom(cols[:1])
     image = np.where(below, 0.34, image)
-    image = image + np.where(lung, 0.012, 0.03) * _noise_field(image.shape, 2.5, rng)
+    image = image + texture * np.where(lung, 0.012, 0.03) * _noise_field(image.shape, 2.5, rng)
     image = _paint_vessels(image, lung, geometry, rng, organ="lung")
     image = _paint_vessels(image, liver, geometry, rng, organ="liver")
-    gallbladder = _ellipse(rows, cols, (185.0 * geometry.sy, 68.0 * geometry.sx),
-                           (17.0 * geometry.sy, 8.0 * geometry.sx), angle=0.5)
+    gallbladder = _ellipse(
+        rows,
+        cols,
+        (185.0 * geometry.sy, 68.0 * geometry.sx),
+        (17.0 * geometry.sy, 8.0 * geometry.sx),
+        angle=0.5,
+    )
     image = np.where(liver & (gallbladder < 1.0), 0.9, image)
     image = _paint_bowel(image, below, rows, cols, geometry, rng)
     image = _paint_kidney(image, rows, cols, geometry)
@@ -687,12 +774,15 @@ def _content_anatomy(geometry: _Geometry, rng: np.random.Generator) -> _Content:
     return _Content(image=image.astype(np.float32), liver=liver, lung=lung)
 
 
-def _vessel_paths(origins: np.ndarray, length: float, width: float,
-                  rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+def _vessel_paths(
+    origins: np.ndarray, length: float, width: float, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Random tortuous branching curves (points, widths) from each of `origins` (N, 2)."""
     angles = rng.uniform(0.0, 2.0 * np.pi, len(origins))
-    todo = [(np.asarray(o, dtype=np.float64), a, length * rng.uniform(0.6, 1.4), width, 2)
-            for o, a in zip(origins, angles)]
+    todo = [
+        (np.asarray(o, dtype=np.float64), a, length * rng.uniform(0.6, 1.4), width, 2)
+        for o, a in zip(origins, angles)
+    ]
     paths = []
     while todo:
         start, angle, span, thick, depth = todo.pop()
@@ -723,8 +813,14 @@ def _tube_weight(shape: tuple[int, int], paths: list[tuple[np.ndarray, np.ndarra
     return _sigmoid((0.5 * width_map[ir, ic] - dist) / 0.35)
 
 
-def _paint_vessels(image: np.ndarray, region: np.ndarray, geometry: _Geometry,
-                   rng: np.random.Generator, *, organ: str) -> np.ndarray:
+def _paint_vessels(
+    image: np.ndarray,
+    region: np.ndarray,
+    geometry: _Geometry,
+    rng: np.random.Generator,
+    *,
+    organ: str,
+) -> np.ndarray:
     """Bright vessel trees and cross-sections inside `region` (lung or liver)."""
     if organ == "lung":
         n_roots, length, width, value, n_dots, dot_radius = 36, 40.0, 2.2, 0.4, 40, (0.8, 2.0)
@@ -743,8 +839,14 @@ def _paint_vessels(image: np.ndarray, region: np.ndarray, geometry: _Geometry,
     return np.where(region, image + (value - image) * weight, image)
 
 
-def _paint_bowel(image: np.ndarray, region: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                 geometry: _Geometry, rng: np.random.Generator) -> np.ndarray:
+def _paint_bowel(
+    image: np.ndarray,
+    region: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    geometry: _Geometry,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Bowel loops (wall ring around fluid, gas or chyme) below the liver."""
     found = np.argwhere(region & (cols < geometry.spine_ant(rows)))
     image = image.copy()
@@ -752,23 +854,39 @@ def _paint_bowel(image: np.ndarray, region: np.ndarray, rows: np.ndarray, cols: 
         centre = (rows[tuple(found[i])], cols[tuple(found[i])])
         size = rng.uniform(7.0, 14.0)
         win = _window(image.shape, found[i], int(size) + 2)
-        radius = _ellipse(rows[win], cols[win], centre, (size, size * rng.uniform(0.6, 1.0)),
-                          angle=rng.uniform(0.0, np.pi))
+        radius = _ellipse(
+            rows[win],
+            cols[win],
+            centre,
+            (size, size * rng.uniform(0.6, 1.0)),
+            angle=rng.uniform(0.0, np.pi),
+        )
         lumen = rng.choice([0.88, 0.04, 0.3], p=[0.5, 0.25, 0.25])
         loop = np.where(radius < 1.0 - 2.0 / size, lumen, 0.52)
         image[win] = np.where(region[win] & (radius < 1.0), loop, image[win])
     return image
 
 
-def _paint_kidney(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  geometry: _Geometry) -> np.ndarray:
+def _paint_kidney(
+    image: np.ndarray, rows: np.ndarray, cols: np.ndarray, geometry: _Geometry
+) -> np.ndarray:
     """Kidney (cortex, medulla, sinus fat) in perirenal fat, posterior-inferior."""
     centre, axes = geometry.kidney
-    fat = _ellipse(rows, cols, (centre[0], centre[1] + 3.0 * geometry.sx),
-                   (axes[0] + 12.0 * geometry.sy, axes[1] + 11.0 * geometry.sx), angle=0.15)
+    fat = _ellipse(
+        rows,
+        cols,
+        (centre[0], centre[1] + 3.0 * geometry.sx),
+        (axes[0] + 12.0 * geometry.sy, axes[1] + 11.0 * geometry.sx),
+        angle=0.15,
+    )
     kidney = _ellipse(rows, cols, centre, axes, angle=0.15)
-    sinus = _ellipse(rows, cols, (centre[0], centre[1] + 4.0 * geometry.sx),
-                     (0.45 * axes[0], 0.3 * axes[1]), angle=0.15)
+    sinus = _ellipse(
+        rows,
+        cols,
+        (centre[0], centre[1] + 4.0 * geometry.sx),
+        (0.45 * axes[0], 0.3 * axes[1]),
+        angle=0.15,
+    )
     theta = np.arctan2((rows - centre[0]) / axes[0], (cols - centre[1]) / axes[1])
     medulla = (kidney > 0.55) & (kidney < 0.82) & (np.cos(7.0 * theta) > 0.2)
     image = np.where(fat < 1.0, 0.8, image)
@@ -781,8 +899,7 @@ def _paint_kidney(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 # --------------------------------------------------------------------------------------------
 
 
-def _breathing_trace(times: np.ndarray, spec: PhantomSpec, rng: np.random.Generator
-                     ) -> np.ndarray:
+def _breathing_trace(times: np.ndarray, spec: PhantomSpec, rng: np.random.Generator) -> np.ndarray:
     """Irregular diaphragm SI position (mm, >= about 0, inferior positive) at `times`."""
     irr, period = spec.irregularity, spec.breathing_period_s
     starts, periods, amplitudes, exponents, skews = [], [], [], [], []
@@ -790,8 +907,9 @@ def _breathing_trace(times: np.ndarray, spec: PhantomSpec, rng: np.random.Genera
     while start <= times[-1]:
         z = rng.standard_normal(3)
         periods.append(period * float(np.clip(np.exp(0.2 * irr * z[0]), 0.6, 1.6)))
-        amplitudes.append(spec.breathing_amplitude_mm
-                          * float(np.clip(np.exp(0.35 * irr * z[1]), 0.3, 1.8)))
+        amplitudes.append(
+            spec.breathing_amplitude_mm * float(np.clip(np.exp(0.35 * irr * z[1]), 0.3, 1.8))
+        )
         exponents.append(1.0 + irr * rng.uniform(0.0, 1.5))
         skews.append(1.0 - 0.25 * irr * rng.uniform(0.5, 1.0))
         starts.append(start)
@@ -804,8 +922,7 @@ def _breathing_trace(times: np.ndarray, spec: PhantomSpec, rng: np.random.Genera
     return trace + 0.1 * irr * spec.breathing_amplitude_mm * wander
 
 
-def _motion_traces(spec: PhantomSpec, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, int | None]:
+def _motion_traces(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.ndarray, int | None]:
     """Time courses (T, 4) weighting the motion maps, relative to frame 0; the shift frame."""
     n = spec.n_frames
     times = np.arange(n) / spec.frame_rate_hz
@@ -815,8 +932,9 @@ def _motion_traces(spec: PhantomSpec, rng: np.random.Generator
     si, lagged = breathing[n:], breathing[:n]
     modulation = 1.0 + 0.5 * _smooth_signal(times, 3.0 * spec.breathing_period_s, rng)
     duration = max(times[-1], 1e-6)
-    drift = spec.drift_mm * (0.8 * times / duration
-                             + 0.2 * _smooth_signal(times, duration / 2.0, rng))
+    drift = spec.drift_mm * (
+        0.8 * times / duration + 0.2 * _smooth_signal(times, duration / 2.0, rng)
+    )
     shift, shift_frame = _baseline_shift(spec, rng)
     traces = np.stack([si, lagged, si * modulation, drift + shift], axis=1)
     return traces - traces[:1], shift_frame
@@ -890,8 +1008,9 @@ class _Tumour:
         """Radius beyond which no frame's tumour extends, px."""
         return self.radius * (1.0 + float(self.amplitudes.sum())) * float(self.scale.max()) + 2.0
 
-    def outline(self, dr: np.ndarray, dc: np.ndarray, t: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def outline(
+        self, dr: np.ndarray, dc: np.ndarray, t: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Distance from the centre and outline radius along (dr, dc) for frames `t`."""
         dist = np.hypot(dr, dc)
         direction = (dc + 1j * dr) / np.maximum(dist, 1e-9)  # exp(i theta)
@@ -904,15 +1023,21 @@ class _Tumour:
         return dist, self.radius * self.scale[t] * shape
 
 
-def _make_tumour(spec: PhantomSpec, geometry: _Geometry, content: _Content,
-                 breathing: np.ndarray, rng: np.random.Generator) -> _Tumour:
+def _make_tumour(
+    spec: PhantomSpec,
+    geometry: _Geometry,
+    content: _Content,
+    breathing: np.ndarray,
+    rng: np.random.Generator,
+) -> _Tumour:
     """Place the tumour and fix its time-varying cross-section, intensity and texture."""
     n, tp = spec.n_frames, spec.through_plane
     times = np.arange(n) / spec.frame_rate_hz
     progress = times / max(times[-1], 1e-6)  # 0 at the first frame, 1 at the last
     amplitudes = spec.tumour_lobulation * rng.uniform(0.03, 0.09, 4) / np.sqrt(np.arange(1, 5))
-    slow = np.stack([_smooth_signal(times, 4.0 * spec.breathing_period_s, rng)
-                     for _ in range(5)], axis=1)
+    slow = np.stack(
+        [_smooth_signal(times, 4.0 * spec.breathing_period_s, rng) for _ in range(5)], axis=1
+    )
     slow -= slow[:1]
     norm = breathing / max(spec.breathing_amplitude_mm, 1.0)
     size = 2 * int(np.ceil(spec.tumour_radius_mm * 1.6)) + 9
@@ -947,7 +1072,10 @@ def _tumour_centre(spec: PhantomSpec, geometry: _Geometry) -> np.ndarray:
             row = float(geometry.dome(np.linspace(col - r, col + r, 21)).min()) - r - 8.0
         return np.array([row, col])
     mid_row = np.array(150.0 * geometry.sy)
-    col = 0.5 * float(geometry.cavity_ant(mid_row) + geometry.cavity_post(mid_row)) - 8.0 * geometry.sx
+    col = (
+        0.5 * float(geometry.cavity_ant(mid_row) + geometry.cavity_post(mid_row))
+        - 8.0 * geometry.sx
+    )
     dome, bottom = float(geometry.dome(np.array(col))), float(geometry.liver_bottom(np.array(col)))
     row = max(dome + r + 8.0, min(0.5 * (dome + bottom), bottom - r - 5.0))
     return np.array([row, col])
@@ -960,13 +1088,20 @@ def _local_tissue(tumour: _Tumour, content: _Content) -> float:
     dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
     dist, radius = tumour.outline(dr.ravel(), dc.ravel(), np.zeros(dr.size, dtype=int))
     inside = dist < radius
-    values = content.sample(tumour.centre[0] + dr.ravel()[inside],
-                            tumour.centre[1] + dc.ravel()[inside])
+    values = content.sample(
+        tumour.centre[0] + dr.ravel()[inside], tumour.centre[1] + dc.ravel()[inside]
+    )
     return float(np.median(values))
 
 
-def _tumour_appearance(tumour: _Tumour, dr: np.ndarray, dc: np.ndarray, t: np.ndarray,
-                       dist: np.ndarray, radius: np.ndarray) -> np.ndarray:
+def _tumour_appearance(
+    tumour: _Tumour,
+    dr: np.ndarray,
+    dc: np.ndarray,
+    t: np.ndarray,
+    dist: np.ndarray,
+    radius: np.ndarray,
+) -> np.ndarray:
     """Tumour intensity (texture, necrotic core, contrast) at offsets from its centre."""
     half = (tumour.textures.shape[1] - 1) / 2.0
     coords = np.stack([dr / tumour.scale[t] + half, dc / tumour.scale[t] + half])
@@ -993,8 +1128,13 @@ def _anatomy_blend(breathing_mm: np.ndarray, spec: PhantomSpec) -> np.ndarray:
     return (spec.anatomy_change * np.clip(distance, 0.0, 1.0)).astype(np.float32)
 
 
-def _render(static: np.ndarray, cavity_weight: np.ndarray, contents: tuple,
-            field_mm: np.ndarray, tumour: _Tumour) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    static: np.ndarray,
+    cavity_weight: np.ndarray,
+    contents: tuple,
+    field_mm: np.ndarray,
+    tumour: _Tumour,
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free frames (T, H, W) in [0, 1] and masks (T, H, W) uint8.
 
     ``contents`` is (frame-0 content, neighbouring-slice content or None, per-frame blend)."""
@@ -1022,7 +1162,7 @@ def _render(static: np.ndarray, cavity_weight: np.ndarray, contents: tuple,
 def _composite_tumour(values: np.ndarray, src: np.ndarray, tumour: _Tumour) -> np.ndarray:
     """Blend the tumour into `values` (T, N) in place; return its inside mask (T, N)."""
     dr, dc = src[0] - (tumour.centre[0] + _PAD[0]), src[1] - (tumour.centre[1] + _PAD[1])
-    near = dr * dr + dc * dc < tumour.reach ** 2
+    near = dr * dr + dc * dc < tumour.reach**2
     t = np.nonzero(near)[0]
     dr, dc = dr[near], dc[near]
     dist, radius = tumour.outline(dr, dc, t)
@@ -1034,8 +1174,9 @@ def _composite_tumour(values: np.ndarray, src: np.ndarray, tumour: _Tumour) -> n
     return inside
 
 
-def _apply_appearance(images: np.ndarray, body: np.ndarray, spec: PhantomSpec,
-                      rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def _apply_appearance(
+    images: np.ndarray, body: np.ndarray, spec: PhantomSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
     """Bias field, Rician noise and per-frame gain/offset; frames (T, H, W) float32."""
     n = images.shape[0]
     sigma_px = 0.35 * min(images.shape[1:])
@@ -1053,11 +1194,14 @@ def _apply_appearance(images: np.ndarray, body: np.ndarray, spec: PhantomSpec,
             noise = rng.standard_normal((2, *signal.shape), dtype=np.float32) * np.float32(sigma)
             signal = np.hypot(signal + noise[0], noise[1])
         frames[t] = np.maximum(gain[t] * signal + offset[t] * level, 0.0) * _SIGNAL_SCALE
+        if spec.minmax_scale:
+            frames[t] = minmax_scale(frames[t])
     return frames, sigma
 
 
-def _gain_offset(spec: PhantomSpec, n: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _gain_offset(
+    spec: PhantomSpec, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame global gain and offset: slow drift plus frame-to-frame jitter."""
     times = np.arange(n) / spec.frame_rate_hz
     duration = max(times[-1], 1.0)
@@ -1077,81 +1221,552 @@ def _gain_offset(spec: PhantomSpec, n: int, rng: np.random.Generator
 
 BENCHMARK_SPECS: dict[str, PhantomSpec] = {
     "lung_slide": PhantomSpec(
-        name="lung_slide", n_frames=60, frame_rate_hz=4.0, site="lung", tumour_radius_mm=10.0,
-        tumour_contrast=0.35, breathing_amplitude_mm=18.0, breathing_period_s=4.0,
-        irregularity=0.4, drift_mm=2.0, seed=101,
+        name="lung_slide",
+        n_frames=60,
+        frame_rate_hz=4.0,
+        site="lung",
+        tumour_radius_mm=10.0,
+        tumour_contrast=0.35,
+        breathing_amplitude_mm=18.0,
+        breathing_period_s=4.0,
+        irregularity=0.4,
+        drift_mm=2.0,
+        seed=101,
     ),
     "liver_large": PhantomSpec(
-        name="liver_large", n_frames=60, frame_rate_hz=4.0, site="liver", tumour_radius_mm=48.0,
-        tumour_contrast=0.12, breathing_amplitude_mm=14.0, breathing_period_s=4.5,
-        irregularity=0.4, drift_mm=3.0, seed=102,
+        name="liver_large",
+        n_frames=60,
+        frame_rate_hz=4.0,
+        site="liver",
+        tumour_radius_mm=48.0,
+        tumour_contrast=0.12,
+        breathing_amplitude_mm=14.0,
+        breathing_period_s=4.5,
+        irregularity=0.4,
+        drift_mm=3.0,
+        seed=102,
     ),
     "abdomen_jump": PhantomSpec(
-        name="abdomen_jump", n_frames=70, frame_rate_hz=4.0, site="liver", tumour_radius_mm=20.0,
-        tumour_contrast=0.25, breathing_amplitude_mm=10.0, breathing_period_s=4.0,
-        irregularity=0.3, drift_mm=2.0, baseline_shift_mm=40.0, baseline_shift_frame=25,
-        baseline_shift_frames=12, seed=103,
+        name="abdomen_jump",
+        n_frames=70,
+        frame_rate_hz=4.0,
+        site="liver",
+        tumour_radius_mm=20.0,
+        tumour_contrast=0.25,
+        breathing_amplitude_mm=10.0,
+        breathing_period_s=4.0,
+        irregularity=0.3,
+        drift_mm=2.0,
+        baseline_shift_mm=40.0,
+        baseline_shift_frame=25,
+        baseline_shift_frames=12,
+        seed=103,
     ),
     "lung_1hz": PhantomSpec(
-        name="lung_1hz", n_frames=40, frame_rate_hz=1.0, site="lung", tumour_radius_mm=12.0,
-        tumour_contrast=0.3, breathing_amplitude_mm=16.0, breathing_period_s=4.2,
-        irregularity=0.5, drift_mm=3.0, seed=104,
+        name="lung_1hz",
+        n_frames=40,
+        frame_rate_hz=1.0,
+        site="lung",
+        tumour_radius_mm=12.0,
+        tumour_contrast=0.3,
+        breathing_amplitude_mm=16.0,
+        breathing_period_s=4.2,
+        irregularity=0.5,
+        drift_mm=3.0,
+        seed=104,
     ),
     "kidney_drift": PhantomSpec(
-        name="kidney_drift", n_frames=60, frame_rate_hz=2.0, site="kidney",
-        tumour_radius_mm=14.0, tumour_contrast=-0.2, breathing_amplitude_mm=6.0,
-        breathing_period_s=5.0, irregularity=0.3, drift_mm=8.0, seed=105,
+        name="kidney_drift",
+        n_frames=60,
+        frame_rate_hz=2.0,
+        site="kidney",
+        tumour_radius_mm=14.0,
+        tumour_contrast=-0.2,
+        breathing_amplitude_mm=6.0,
+        breathing_period_s=5.0,
+        irregularity=0.3,
+        drift_mm=8.0,
+        seed=105,
     ),
     "liver_8hz_irregular": PhantomSpec(
-        name="liver_8hz_irregular", n_frames=80, frame_rate_hz=8.0, site="liver",
-        tumour_radius_mm=18.0, tumour_contrast=0.2, breathing_amplitude_mm=15.0,
-        breathing_period_s=3.5, irregularity=0.9, drift_mm=4.0, seed=106,
+        name="liver_8hz_irregular",
+        n_frames=80,
+        frame_rate_hz=8.0,
+        site="liver",
+        tumour_radius_mm=18.0,
+        tumour_contrast=0.2,
+        breathing_amplitude_mm=15.0,
+        breathing_period_s=3.5,
+        irregularity=0.9,
+        drift_mm=4.0,
+        seed=106,
     ),
 }
 """Named cases for the accuracy benchmarks (256 x 256, 40-80 frames each)."""
 
 APPEARANCE_SPECS: dict[str, PhantomSpec] = {
     "faint": PhantomSpec(
-        name="faint", n_frames=60, site="liver", tumour_radius_mm=20.0, tumour_contrast=0.05,
+        name="faint",
+        n_frames=60,
+        site="liver",
+        tumour_radius_mm=20.0,
+        tumour_contrast=0.05,
         seed=201,
     ),
     "low_snr": PhantomSpec(
-        name="low_snr", n_frames=60, site="liver", tumour_radius_mm=20.0, snr=5.0, seed=202,
+        name="low_snr",
+        n_frames=60,
+        site="liver",
+        tumour_radius_mm=20.0,
+        snr=5.0,
+        seed=202,
     ),
     "intensity_drift": PhantomSpec(
-        name="intensity_drift", n_frames=60, site="liver", tumour_radius_mm=20.0,
-        intensity_drift=0.6, bias_strength=0.3, tumour_contrast_change=-0.5, seed=203,
+        name="intensity_drift",
+        n_frames=60,
+        site="liver",
+        tumour_radius_mm=20.0,
+        intensity_drift=0.6,
+        bias_strength=0.3,
+        tumour_contrast_change=-0.5,
+        seed=203,
     ),
     "through_plane": PhantomSpec(
-        name="through_plane", n_frames=60, site="lung", tumour_radius_mm=14.0,
-        through_plane=0.35, seed=204,
+        name="through_plane",
+        n_frames=60,
+        site="lung",
+        tumour_radius_mm=14.0,
+        through_plane=0.35,
+        seed=204,
     ),
 }
 """Appearance-stress cases: faint tumour, low SNR, strong intensity drift, through-plane."""
 
 SEVERE_SPECS: dict[str, PhantomSpec] = {
     "faint_severe": PhantomSpec(
-        name="faint_severe", n_frames=60, site="liver", tumour_radius_mm=20.0,
-        tumour_contrast=0.02, snr=10.0, seed=201,
+        name="faint_severe",
+        n_frames=60,
+        site="liver",
+        tumour_radius_mm=20.0,
+        tumour_contrast=0.02,
+        snr=10.0,
+        seed=201,
     ),
     "snr_severe": PhantomSpec(
-        name="snr_severe", n_frames=60, site="liver", tumour_radius_mm=20.0, snr=3.0, seed=202,
+        name="snr_severe",
+        n_frames=60,
+        site="liver",
+        tumour_radius_mm=20.0,
+        snr=3.0,
+        seed=202,
     ),
     "through_plane_severe": PhantomSpec(
-        name="through_plane_severe", n_frames=60, site="lung", tumour_radius_mm=14.0,
-        through_plane=0.5, seed=204,
+        name="through_plane_severe",
+        n_frames=60,
+        site="lung",
+        tumour_radius_mm=14.0,
+        through_plane=0.5,
+        seed=204,
     ),
     "lung_low_snr": PhantomSpec(
-        name="lung_low_snr", n_frames=60, site="lung", tumour_radius_mm=10.0, snr=4.0, seed=205,
+        name="lung_low_snr",
+        n_frames=60,
+        site="lung",
+        tumour_radius_mm=10.0,
+        snr=4.0,
+        seed=205,
     ),
 }
 """The appearance stresses pushed further: tumour contrast 0.02, SNR 3 (liver) and 4 (a 10 mm
 lung tumour), tumour cross-section changing by +-50 %."""
 
+# --------------------------------------------------------------------------------------------
+# Semi-synthetic cases: a real frame warped by known motion
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SemiSyntheticSpec:
+    """Known motion applied to a real frame: breathing, a sudden jump and a smooth deformation.
+
+    The target moves whole and its neighbourhood with it: the displacement falls off as a
+    Gaussian of ``window_sigma_mm`` with the distance from the target's outline, so far anatomy (spine, body wall)
+    stays nearly still, as sliding organs do against the static wall. Lengths in mm, times in s.
+
+    Attributes
+    ----------
+    name : str
+    n_frames : int
+        Number of frames T (>= 2).
+    frame_rate_hz : float
+    breathing_amplitude_mm : float
+        Mean peak-to-peak excursion of the target per breath (cycle-to-cycle variation +-20 %).
+    breathing_period_s : float
+    breathing_direction : tuple of float
+        (row, col) direction of the breathing motion in the image; normalised.
+    jump_mm : tuple of float
+        (row, col) sudden, lasting displacement of the target (a breath hold released, a
+        patient shift); (0, 0) for none.
+    jump_frame : int or None
+        Frame at which the jump starts; None puts it in the middle of the sequence.
+    jump_frames : int
+        Frames over which it happens (smooth ramp).
+    window_sigma_mm : float
+        Fall-off of the motion with the distance from the target's outline (>= 20 mm; inf
+        moves the whole image).
+    deformation_mm : float
+        Peak amplitude of a smooth random deformation that grows with breathing, so the
+        target's outline changes a little as well as moving.
+    snr : float
+        Mean foreground signal over the standard deviation of added Rician noise (inf: none).
+    bias_strength : float
+        Amplitude of a smooth multiplicative bias that changes over the sequence.
+    minmax_scale : bool
+        Rescale every frame to 0..255 on its own and round, as exported cine frames are; the
+        intensity scale then says nothing from frame to frame.
+    seed : int
+    """
+
+    name: str = "semi_synthetic"
+    n_frames: int = 80
+    frame_rate_hz: float = 8.0
+    breathing_amplitude_mm: float = 12.0
+    breathing_period_s: float = 4.0
+    breathing_direction: tuple[float, float] = (0.45, 0.9)
+    jump_mm: tuple[float, float] = (-20.0, -35.0)
+    jump_frame: int | None = None
+    jump_frames: int = 8
+    window_sigma_mm: float = 60.0
+    deformation_mm: float = 2.0
+    snr: float = 25.0
+    bias_strength: float = 0.1
+    minmax_scale: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("breathing_direction", "jump_mm"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        checks = [
+            (int(self.n_frames) >= 2, f"n_frames must be >= 2, got {self.n_frames}"),
+            (self.frame_rate_hz > 0, f"frame_rate_hz must be > 0, got {self.frame_rate_hz}"),
+            (self.breathing_period_s >= 0.5,
+             f"breathing_period_s must be >= 0.5, got {self.breathing_period_s}"),
+            (len(self.breathing_direction) == 2 and any(self.breathing_direction),
+             f"breathing_direction must be a non-zero (row, col), got {self.breathing_direction}"),
+            (len(self.jump_mm) == 2, f"jump_mm must be (row, col), got {self.jump_mm}"),
+            (self.jump_frame is None or 0 <= self.jump_frame < self.n_frames,
+             f"jump_frame must be in [0, n_frames), got {self.jump_frame}"),
+            (self.jump_frames >= 1, f"jump_frames must be >= 1, got {self.jump_frames}"),
+            (self.window_sigma_mm >= 20.0,
+             f"window_sigma_mm must be >= 20 (inf for a translation), got {self.window_sigma_mm}"),
+            (self.deformation_mm >= 0, f"deformation_mm must be >= 0, got {self.deformation_mm}"),
+            (self.snr > 0, f"snr must be > 0 (inf for no noise), got {self.snr}"),
+            (self.bias_strength >= 0, f"bias_strength must be >= 0, got {self.bias_strength}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SemiSyntheticSpec: {message}")
+
+
+@dataclass
+class SemiSyntheticCase:
+    """A real frame warped by known motion: frames, exact masks and the motion.
+
+    Attributes
+    ----------
+    spec : SemiSyntheticSpec
+    frames : ndarray, shape (T, H, W), float32
+        Frame 0 is the source frame (with the same noise and scaling as the others).
+    masks : ndarray, shape (T, H, W), uint8
+        The source mask carried by the same motion (linear interpolation, >= 0.5).
+    displacement_mm : ndarray, shape (T, H, W, 2), float32
+        Pull-back field: frame t at ``x`` shows the source frame at ``x - u_t(x)``.
+    target_shift_mm : ndarray, shape (T, 2)
+        Displacement (row, col) of the target centre, frame 0 to frame t.
+    spacing_mm : tuple of float
+    scanned_region : str or None
+    info : dict
+        ``source`` (where the frame came from), ``jump_frame``, ``min_jacobian``.
+    """
+
+    spec: SemiSyntheticSpec
+    frames: np.ndarray
+    masks: np.ndarray
+    displacement_mm: np.ndarray
+    target_shift_mm: np.ndarray
+    spacing_mm: tuple[float, float] = (1.0, 1.0)
+    scanned_region: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_mask(self) -> np.ndarray:
+        """Mask of frame 0, shape (H, W), bool."""
+        return self.masks[0].astype(bool)
+
+
+def generate_semisynthetic(
+    frame: np.ndarray,
+    mask: np.ndarray,
+    spec: SemiSyntheticSpec | None = None,
+    *,
+    spacing_mm: tuple[float, float] = (1.0, 1.0),
+    scanned_region: str | None = None,
+    **overrides: Any,
+) -> SemiSyntheticCase:
+    """Warp one real frame and its mask by known breathing, jump and deformation.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W)
+        The source frame (e.g. frame 0 of a real case), any intensity scale.
+    mask : ndarray, shape (H, W)
+        Its target mask (0/1 or bool, not empty).
+    spec : SemiSyntheticSpec, optional
+    spacing_mm : (float, float)
+        Pixel spacing (row, col); the motion is specified in mm.
+    scanned_region : str, optional
+        Carried through to the case (for the dose metric).
+    **overrides
+        Fields of :class:`SemiSyntheticSpec` to change.
+
+    Returns
+    -------
+    SemiSyntheticCase
+
+    Examples
+    --------
+    >>> frame = np.random.default_rng(0).random((64, 64))
+    >>> mask = np.zeros((64, 64), bool); mask[24:40, 24:40] = True
+    >>> case = generate_semisynthetic(frame, mask, n_frames=6, jump_mm=(4, 0), jump_frame=2)
+    >>> case.frames.shape, float(case.frames[3].max())
+    ((6, 64, 64), 255.0)
+    """
+    spec = _resolve_semi_spec(spec, overrides)
+    frame, mask = _checked_source(frame, mask)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(3)]
+    shift_mm, jump_frame = _semi_target_shift(spec, rngs[0])
+    field_mm = _semi_field(spec, mask, spacing, shift_mm, rngs[1])
+    coords = _pullback_coords(field_mm, spacing)
+    masks = np.stack(
+        [
+            ndimage.map_coordinates(mask.astype(np.float32), c, order=1, mode="constant") >= 0.5
+            for c in coords
+        ]
+    )
+    warped = np.stack([ndimage.map_coordinates(frame, c, order=3, mode="nearest")
+                       for c in coords])  # fmt: skip
+    frames = _semi_appearance(warped, frame, spec, rngs[2])
+    info = {"jump_frame": jump_frame, "min_jacobian": _field_min_jacobian(field_mm, spacing)}
+    return SemiSyntheticCase(
+        spec=spec, frames=frames, masks=masks.astype(np.uint8), displacement_mm=field_mm,
+        target_shift_mm=shift_mm, spacing_mm=tuple(float(v) for v in spacing),
+        scanned_region=scanned_region, info=info,
+    )  # fmt: skip
+
+
+def semisynthetic_from_case(
+    path: str | os.PathLike[str], spec: SemiSyntheticSpec | None = None, **overrides: Any
+) -> SemiSyntheticCase:
+    """Read a TrackRAD case folder and warp its frame 0 and first label by known motion.
+
+    Nothing of the case is stored: the real frame is read at run time, so a benchmark can
+    build known-truth cases with real texture from data it may not redistribute.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TrackRAD case folder (anything :func:`regtrack.io.read_case` reads).
+    spec : SemiSyntheticSpec, optional
+    **overrides
+        Fields of :class:`SemiSyntheticSpec` to change.
+    """
+    from regtrack.io import read_case
+
+    case = read_case(path)
+    semi = generate_semisynthetic(
+        np.asarray(case.frames[0], dtype=np.float32), case.first_mask, spec,
+        spacing_mm=case.spacing_mm, scanned_region=case.scanned_region, **overrides,
+    )  # fmt: skip
+    semi.info["source"] = f"{case.name} frame 0"
+    return semi
+
+
+def minmax_scale(frame: np.ndarray) -> np.ndarray:
+    """One frame min-max scaled to 0..255 and rounded, float32 (constant frames give 0)."""
+    frame = np.asarray(frame, dtype=np.float64)
+    low, high = float(frame.min()), float(frame.max())
+    scaled = (frame - low) * (255.0 / max(high - low, 1e-12))
+    return np.round(scaled).astype(np.float32)
+
+
+def _resolve_semi_spec(
+    spec: SemiSyntheticSpec | None, overrides: dict[str, Any]
+) -> SemiSyntheticSpec:
+    """Apply keyword overrides to a semi-synthetic spec, naming unknown settings."""
+    spec = SemiSyntheticSpec() if spec is None else spec
+    if not isinstance(spec, SemiSyntheticSpec):
+        raise TypeError(
+            f"generate_semisynthetic() 'spec' must be a SemiSyntheticSpec, got {type(spec)}"
+        )
+    valid = {f.name for f in dataclasses.fields(SemiSyntheticSpec)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(
+            f"generate_semisynthetic() got unknown setting(s) {unknown}; valid"
+            f" names are {sorted(valid)}"
+        )
+    return dataclasses.replace(spec, **overrides)
+
+
+def _checked_source(frame: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The source frame as float32 (H, W) and its mask as bool, checked."""
+    frame, mask = np.asarray(frame), np.asarray(mask)
+    if frame.ndim != 2 or mask.shape != frame.shape:
+        raise ValueError(
+            f"generate_semisynthetic() needs a 2D frame and a mask of its shape,"
+            f" got frame {frame.shape} and mask {mask.shape}"
+        )
+    if not np.isfinite(frame).all():
+        raise ValueError("generate_semisynthetic() 'frame' holds NaN or inf")
+    if not mask.any():
+        raise ValueError("generate_semisynthetic() 'mask' is empty; give the target's mask")
+    return frame.astype(np.float32), mask.astype(bool)
+
+
+def _semi_target_shift(
+    spec: SemiSyntheticSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, int | None]:
+    """Target displacement (T, 2) in mm relative to frame 0, and the jump's first frame."""
+    times = np.arange(spec.n_frames) / spec.frame_rate_hz
+    period = spec.breathing_period_s
+    phase = np.pi * (times / period + 0.1 * _smooth_signal(times, 3.0 * period, rng))
+    amplitude = spec.breathing_amplitude_mm * (1.0 + 0.2 * _smooth_signal(times, 2.0 * period, rng))
+    breathing = amplitude * np.sin(phase + rng.uniform(0.0, np.pi)) ** 2
+    direction = np.asarray(spec.breathing_direction) / np.hypot(*spec.breathing_direction)
+    shift = breathing[:, None] * direction
+    jump_frame = None
+    if any(spec.jump_mm):
+        jump_frame = spec.n_frames // 2 if spec.jump_frame is None else spec.jump_frame
+        ramp = _smoothstep((np.arange(spec.n_frames) - jump_frame) / spec.jump_frames)
+        shift = shift + ramp[:, None] * np.asarray(spec.jump_mm)
+    return shift - shift[:1], jump_frame
+
+
+def _semi_field(
+    spec: SemiSyntheticSpec,
+    mask: np.ndarray,
+    spacing: np.ndarray,
+    shift_mm: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Pull-back field (T, H, W, 2) in mm: the target shift, carried whole across the target
+    and falling off with the distance from it, plus a smooth deformation."""
+    outside_mm = ndimage.distance_transform_edt(~mask, sampling=spacing).astype(np.float32)
+    grid = np.indices(mask.shape, dtype=np.float32)
+    distance = np.linalg.norm(shift_mm, axis=1)  # the deformation grows with the motion
+    scale = distance / max(float(distance.max()), 1e-9)
+    deformation = np.stack([_noise_field(mask.shape, 20.0 / s, rng) for s in spacing], axis=-1)
+    deformation *= spec.deformation_mm / max(float(np.abs(deformation).max()), 1e-9)
+    field_mm = np.zeros((len(shift_mm), *mask.shape, 2), dtype=np.float32)
+    for t in range(1, len(shift_mm)):
+        # the window follows the target: it is 1 over the shifted target and decays outside
+        source = grid - (shift_mm[t] / spacing)[:, None, None]
+        away = ndimage.map_coordinates(outside_mm, source, order=1, mode="nearest")
+        window = np.exp(-0.5 * (away / spec.window_sigma_mm) ** 2)
+        field_mm[t] = window[..., None] * (shift_mm[t] + scale[t] * deformation)
+    return field_mm
+
+
+def _pullback_coords(field_mm: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Source pixel coordinates (T, 2, H, W) of every frame's pixels."""
+    grid = np.indices(field_mm.shape[1:3], dtype=np.float32)
+    return grid[None] - np.moveaxis(field_mm, -1, 1) / spacing[None, :, None, None]
+
+
+def _field_min_jacobian(field_mm: np.ndarray, spacing: np.ndarray) -> float:
+    """Smallest determinant of x -> x - u_t(x) over all pixels and frames."""
+    d_row = np.gradient(field_mm, spacing[0], axis=1)
+    d_col = np.gradient(field_mm, spacing[1], axis=2)
+    det = (1.0 - d_row[..., 0]) * (1.0 - d_col[..., 1]) - d_col[..., 0] * d_row[..., 1]
+    return float(det.min())
+
+
+def _semi_appearance(
+    warped: np.ndarray, source: np.ndarray, spec: SemiSyntheticSpec, rng: np.random.Generator
+) -> np.ndarray:
+    """Bias change, Rician noise and per-frame min-max scaling of the warped frames."""
+    n, shape = warped.shape[0], warped.shape[1:]
+    warped = np.maximum(warped, 0.0)
+    foreground = source > 0.1 * float(source.max())
+    level = float(source[foreground].mean()) if foreground.any() else float(source.mean())
+    sigma = 0.0 if math.isinf(spec.snr) else level / spec.snr
+    bias_a, bias_b = (spec.bias_strength * _noise_field(shape, 0.3 * min(shape), rng)
+                      for _ in range(2))  # fmt: skip
+    change = np.linspace(0.0, 1.0, n)
+    frames = np.empty(warped.shape, dtype=np.float32)
+    for t in range(n):
+        signal = warped[t] * np.exp(bias_a + change[t] * (bias_b - bias_a))
+        if sigma > 0:
+            noise = rng.standard_normal((2, *shape)) * sigma
+            signal = np.hypot(signal + noise[0], noise[1])
+        frames[t] = minmax_scale(signal) if spec.minmax_scale else signal
+    return frames
+
+
+REALISTIC_SPECS: dict[str, PhantomSpec] = {
+    "mr_abdomen_jump": PhantomSpec(
+        name="mr_abdomen_jump",
+        n_frames=80,
+        shape=(320, 320),
+        frame_rate_hz=8.0,
+        site="liver",
+        tumour_radius_mm=45.0,
+        tumour_contrast=0.1,
+        breathing_amplitude_mm=10.0,
+        breathing_period_s=4.0,
+        irregularity=0.3,
+        drift_mm=2.0,
+        baseline_shift_mm=40.0,
+        baseline_shift_frame=40,
+        baseline_shift_frames=8,
+        through_plane=0.15,
+        anatomy_change=0.5,
+        snr=15.0,
+        texture=0.2,
+        minmax_scale=True,
+        seed=301,
+    ),
+    "mr_liver_breathing": PhantomSpec(
+        name="mr_liver_breathing",
+        n_frames=80,
+        shape=(320, 320),
+        frame_rate_hz=8.0,
+        site="liver",
+        tumour_radius_mm=30.0,
+        tumour_contrast=0.1,
+        breathing_amplitude_mm=14.0,
+        breathing_period_s=4.0,
+        irregularity=0.5,
+        drift_mm=3.0,
+        through_plane=0.15,
+        anatomy_change=0.5,
+        snr=15.0,
+        texture=0.2,
+        minmax_scale=True,
+        seed=302,
+    ),
+}
+"""MR-like phantoms: smooth organs with few edges besides vessels (``texture=0.2``), a faint
+large target, through-plane change of the anatomy, every frame min-max scaled to 0..255 on its
+own, and (``mr_abdomen_jump``) the 40 mm abdominal jump of the development case. Not part of
+:data:`CASE_SETS`; the accuracy benchmark offers them as ``--cases realistic``."""
+
 CASE_SETS: dict[str, dict[str, PhantomSpec]] = {
     "benchmark": BENCHMARK_SPECS,
     "appearance": APPEARANCE_SPECS,
     "severe": SEVERE_SPECS,
+    "realistic": REALISTIC_SPECS,
 }
 """The named case sets, in the order the README and the benchmark pages show them."""
 
@@ -1159,3 +1774,20 @@ NAMED_SPECS: dict[str, PhantomSpec] = {
     name: spec for specs in CASE_SETS.values() for name, spec in specs.items()
 }
 """Every named case of :data:`CASE_SETS`, by name."""
+
+
+SEMI_SYNTHETIC_SPECS: dict[str, SemiSyntheticSpec] = {
+    "semi_breath_jump": SemiSyntheticSpec(name="semi_breath_jump", jump_frame=40, seed=401),
+    "semi_breath": SemiSyntheticSpec(name="semi_breath", jump_mm=(0.0, 0.0), seed=402),
+    "semi_jump_deform": SemiSyntheticSpec(
+        name="semi_jump_deform",
+        jump_frame=40,
+        deformation_mm=5.0,
+        snr=12.0,
+        bias_strength=0.2,
+        seed=403,
+    ),
+}
+"""Semi-synthetic cases the accuracy benchmark builds from each real case's frame 0: 80 frames
+at 8 Hz, 12 mm breathing, and a (-20, -35) mm jump over frames 40-48 (like the development
+case's), or no jump, or the jump with a stronger deformation, more noise and bias."""

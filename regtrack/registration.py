@@ -250,9 +250,12 @@ def _transformix_parameters(registration: Registration, interpolation_order: int
     rows, cols = registration.shape
     # Output on the full frame, even when the fixed image was cropped to a region of interest.
     full_frame = {
-        "Size": [cols, rows], "Index": [0, 0], "Origin": [0.0, 0.0],
-        "FinalBSplineInterpolationOrder": interpolation_order, "DefaultPixelValue": 0,
-    }  # fmt: skip
+        "Size": [cols, rows],
+        "Index": [0, 0],
+        "Origin": [0.0, 0.0],
+        "FinalBSplineInterpolationOrder": interpolation_order,
+        "DefaultPixelValue": 0,
+    }
     parameters = itk.ParameterObject.New()
     source = registration.transform_parameters
     for index in range(source.GetNumberOfParameterMaps()):
@@ -297,9 +300,11 @@ def warp_mask_to(mask: np.ndarray, points: np.ndarray, spacing_mm) -> np.ndarray
     if rows.size == 0:
         return warped
     near = (
-        (index[0] > rows.min() - 1) & (index[0] < rows.max() + 1)
-        & (index[1] > cols.min() - 1) & (index[1] < cols.max() + 1)
-    )  # fmt: skip
+        (index[0] > rows.min() - 1)
+        & (index[0] < rows.max() + 1)
+        & (index[1] > cols.min() - 1)
+        & (index[1] < cols.max() + 1)
+    )
     values = ndimage.map_coordinates(mask.astype(np.float32), index[:, near], order=1, cval=0.0)
     warped[near] = values >= 0.5
     return warped
@@ -326,8 +331,11 @@ def displacement_field(registration: Registration) -> np.ndarray:
     points = mapped_points(registration.transform_parameters, shape, spacing)
     if points is None:
         return _transformix_field(registration)
-    grid = np.stack(np.meshgrid(np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1],
-                                indexing="ij"))  # fmt: skip
+    grid = np.stack(
+        np.meshgrid(
+            np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1], indexing="ij"
+        )
+    )
     return np.ascontiguousarray(np.moveaxis(points - grid, 0, -1), dtype=np.float32)
 
 

@@ -248,8 +248,12 @@ def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
 def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz) -> None:
     from tqdm.auto import tqdm
 
-    common = {"settings": settings, "spacing_mm": case.spacing_mm, "start": done,
-              "previous_mask": masks[done - 1] if done else None}  # fmt: skip
+    common = {
+        "settings": settings,
+        "spacing_mm": case.spacing_mm,
+        "start": done,
+        "previous_mask": masks[done - 1] if done else None,
+    }
     if frame_rate_hz:
         results = replay(case.frames, case.first_mask, frame_rate_hz=frame_rate_hz, **common)
     else:

@@ -120,8 +120,12 @@ def _drive(tracker, frames, first_mask, step, start, previous_mask) -> Iterator[
     n_frames, frame_shape = check_frames(frames)
     first_mask = check_mask(first_mask, frame_shape)
     with tracker:
-        given = tracker.init(check_frame(frames[0], 0), first_mask,
-                             previous_mask=previous_mask, next_index=max(start, 1))  # fmt: skip
+        given = tracker.init(
+            check_frame(frames[0], 0),
+            first_mask,
+            previous_mask=previous_mask,
+            next_index=max(start, 1),
+        )
         if start == 0:
             yield given
         clock = time.perf_counter()
@@ -203,10 +207,16 @@ def track(
     True
     """
     settings = TrackerSettings(
-        preset=preset, overrides=overrides, roi=roi, roi_margin_mm=roi_margin_mm,
-        flatten_sigma_mm=flatten_sigma_mm, budget_s=budget_s, total_budget_s=total_budget_s,
-        method=method, sam_checkpoint=None if sam_checkpoint is None else str(sam_checkpoint),
-    )  # fmt: skip
+        preset=preset,
+        overrides=overrides,
+        roi=roi,
+        roi_margin_mm=roi_margin_mm,
+        flatten_sigma_mm=flatten_sigma_mm,
+        budget_s=budget_s,
+        total_budget_s=total_budget_s,
+        method=method,
+        sam_checkpoint=None if sam_checkpoint is None else str(sam_checkpoint),
+    )
     n_frames, frame_shape = check_frames(frames)
     masks = np.zeros((n_frames, *frame_shape), np.uint8)
     fields = np.zeros((n_frames, *frame_shape, 2), np.float32) if return_fields else None

@@ -44,8 +44,14 @@ def test_step_sizes_are_read_per_level_from_the_elastix_log():
     step_sizes = read_step_sizes(ASGD_LOG)
     assert step_sizes["SP_a"] == [74336.16022, 189521.497357]
     assert step_sizes["SigmoidMin"] == [-0.132251, -0.274768]
-    assert set(step_sizes) == {"SP_a", "SP_A", "SP_alpha", "SigmoidMax", "SigmoidMin",
-                               "SigmoidScale"}  # fmt: skip
+    assert set(step_sizes) == {
+        "SP_a",
+        "SP_A",
+        "SP_alpha",
+        "SigmoidMax",
+        "SigmoidMin",
+        "SigmoidScale",
+    }
     assert read_step_sizes("no estimation here") == {}
 
 
@@ -86,13 +92,15 @@ def test_numpy_warp_equals_transformix(translated, box, shift):
     frames, masks = translated([(0, 0), (4, -3)], shape=(96, 112))
     maps = load_parameter_maps("bspline_ncc", {"FinalGridSpacingInPhysicalUnits": 8})
     spacing = (1.2, 0.9)
-    registration = register_pair(frames[1], frames[0], maps, spacing_mm=spacing,
-                                 fixed_box=box, initial_shift_mm=shift)  # fmt: skip
+    registration = register_pair(
+        frames[1], frames[0], maps, spacing_mm=spacing, fixed_box=box, initial_shift_mm=shift
+    )
     fast, reference = warp_mask(masks[0], registration), _transformix_warp(masks[0], registration)
     assert fast.sum() > 100
     assert np.count_nonzero(fast != reference) <= 2  # a pixel sitting on the 0.5 threshold
-    np.testing.assert_allclose(displacement_field(registration), _transformix_field(registration),
-                               atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        displacement_field(registration), _transformix_field(registration), atol=1e-3
+    )
 
 
 def test_flow_refinement_recovers_a_residual_subpixel_shift():
@@ -126,13 +134,20 @@ def test_flow_refinement_leaves_an_exact_map_alone():
 def test_a_40_mm_jump_under_a_bias_field_is_tracked_with_and_without_flattening(
     flatten_sigma_mm,
 ):
-    case = generate_phantom(NAMED_SPECS["abdomen_jump"], n_frames=24, baseline_shift_frame=6,
-                            baseline_shift_frames=6, bias_strength=0.4, intensity_drift=0.3)  # fmt: skip
+    case = generate_phantom(
+        NAMED_SPECS["abdomen_jump"],
+        n_frames=24,
+        baseline_shift_frame=6,
+        baseline_shift_frames=6,
+        bias_strength=0.4,
+        intensity_drift=0.3,
+    )
     jump = np.ptp([np.argwhere(m).mean(axis=0)[0] for m in case.masks]) * case.spacing_mm[0]
     assert jump > 35  # the case does hold the jump
     settings = TrackerSettings(flatten_sigma_mm=flatten_sigma_mm)
-    results = list(iter_track(case.frames, case.first_mask, settings=settings,
-                              spacing_mm=case.spacing_mm))  # fmt: skip
+    results = list(
+        iter_track(case.frames, case.first_mask, settings=settings, spacing_mm=case.spacing_mm)
+    )
     scores = [dice(r.mask, case.masks[r.index]) for r in results[1:]]
     assert min(scores) > 0.9, scores
 

@@ -39,11 +39,14 @@ def _write_prediction(cases, name, path, edit=None, dtype=np.uint8, spacing=None
     ("dtype", "edit", "words"),
     [
         (np.float32, lambda a: np.multiply(a, 0.7, out=a), ["{0, 0.7}", "32-bit float"]),
-        (np.int16, lambda a: a.__setitem__(a == 0, -1) or a.__setitem__(a == 1, 2),
-         ["{-1, 2}", "16-bit signed integer"]),
+        (
+            np.int16,
+            lambda a: a.__setitem__(a == 0, -1) or a.__setitem__(a == 1, 2),
+            ["{-1, 2}", "16-bit signed integer"],
+        ),
         (np.float32, lambda a: a.__setitem__((0, 0, 1), np.nan), ["NaN"]),
     ],
-)  # fmt: skip
+)
 def test_prediction_values_are_named_as_they_are(cases, tmp_path, capsys, dtype, edit, words):
     pred = _write_prediction(cases, "A", tmp_path / "p.mha", edit, dtype)
     assert main(["evaluate", str(pred), str(cases / "A"), "--json", str(tmp_path / "s.json")]) == 2

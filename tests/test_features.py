@@ -22,8 +22,14 @@ def _dice(a, b):
 @pytest.fixture(scope="module")
 def phantom_pair():
     """Frame 0 and the frame furthest from it, with exact masks and the true field."""
-    case = generate_phantom(n_frames=16, site="liver", tumour_radius_mm=20.0, through_plane=0.0,
-                            breathing_amplitude_mm=14.0, seed=5)  # fmt: skip
+    case = generate_phantom(
+        n_frames=16,
+        site="liver",
+        tumour_radius_mm=20.0,
+        through_plane=0.0,
+        breathing_amplitude_mm=14.0,
+        seed=5,
+    )
     t = int(np.argmax(np.abs(case.centroids_mm - case.centroids_mm[0]).sum(axis=1)))
     return case, t
 
@@ -42,8 +48,9 @@ def test_layer_weights_must_match_layers():
 
 def test_channels_expand_the_per_pair_entries():
     weights = [(0.5,)] + [(0.125,)] * 3 + [(0.1, 0.4)]
-    parameter_map = dict(expand_for_channels(load_parameter_maps("impact_mind"), weights)
-                         .GetParameterMap(0))  # fmt: skip
+    parameter_map = dict(
+        expand_for_channels(load_parameter_maps("impact_mind"), weights).GetParameterMap(0)
+    )
     assert (
         parameter_map["Metric"] == ("AdvancedNormalizedCorrelation",) + ("AdvancedMeanSquares",) * 4
     )
@@ -128,10 +135,14 @@ def test_impact_sam2_runs_with_a_checkpoint(random_sam21, monkeypatch, translate
 
 def test_two_metrics_put_the_frame_first_with_its_weight(phantom_pair):
     case, _ = phantom_pair
-    maps = load_parameter_maps("impact_mind", {
-        "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMeanSquares"],
-        "Metric0Weight": [0.2, 0.6], "Metric1Weight": [0.8, 0.4],
-    })  # fmt: skip
+    maps = load_parameter_maps(
+        "impact_mind",
+        {
+            "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMeanSquares"],
+            "Metric0Weight": [0.2, 0.6],
+            "Metric1Weight": [0.8, 0.4],
+        },
+    )
     spec = feature_spec(maps)
     assert (spec.image_weight, spec.feature_weight) == ((0.2, 0.6), (0.8, 0.4))
     extractor = FeatureExtractor(spec, case.frames[0])
@@ -162,8 +173,9 @@ def test_native_model_files_are_keyed_by_the_checkpoint_they_came_from(tmp_path,
     made = []
     monkeypatch.setattr("impact.load_extractor", lambda name, **options: made.append(options))
     monkeypatch.setattr("impact.NativeImpactWrapper", lambda model: model)
-    monkeypatch.setattr("impact.export_torchscript",
-                        lambda wrapper, path, example_shape: path.write_text("ts"))  # fmt: skip
+    monkeypatch.setattr(
+        "impact.export_torchscript", lambda wrapper, path, example_shape: path.write_text("ts")
+    )
     first, second = tmp_path / "a.pt", tmp_path / "b.pt"
     first.write_bytes(b"1"), second.write_bytes(b"22")
     one = features._native_model_file("sam2.1_tiny", tmp_path, 29, first)

@@ -57,14 +57,21 @@ def test_metric_outlier_against_its_history():
 )
 def test_hybrid_decision(registered, sam, keep, why):
     previous = square((30, 30))
-    kept, reason = hybrid_decision(square(registered), square(sam), previous, (1.0, 1.0),
-                                   max_jump_mm=10.0, agree_mm=3.0)  # fmt: skip
+    kept, reason = hybrid_decision(
+        square(registered), square(sam), previous, (1.0, 1.0), max_jump_mm=10.0, agree_mm=3.0
+    )
     assert kept is keep
     assert why in reason
 
 
 def test_hybrid_decision_keeps_registration_when_sam_is_empty():
     previous = square((30, 30))
-    kept, reason = hybrid_decision(square((50, 30)), np.zeros((64, 64), bool), previous,
-                                   (1.0, 1.0), max_jump_mm=10.0, agree_mm=3.0)  # fmt: skip
+    kept, reason = hybrid_decision(
+        square((50, 30)),
+        np.zeros((64, 64), bool),
+        previous,
+        (1.0, 1.0),
+        max_jump_mm=10.0,
+        agree_mm=3.0,
+    )
     assert kept and "empty" in reason

@@ -17,8 +17,9 @@ def make_case(tmp_path, translated):
     """Write a 6-frame 64 x 64 case, ``edit(frames, mask)`` applied first; return its folder."""
 
     def make(edit=None, name="C"):
-        frames, truth = translated([(0, 0), (2, 1), (4, 2), (3, 1), (1, 0), (2, 2)],
-                                   shape=(64, 64), radius=8)  # fmt: skip
+        frames, truth = translated(
+            [(0, 0), (2, 1), (4, 2), (3, 1), (1, 0), (2, 2)], shape=(64, 64), radius=8
+        )
         mask = truth[0].copy()
         if edit:
             edit(frames, mask)

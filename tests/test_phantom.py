@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from regtrack.io import write_trackrad_case
 from regtrack.phantom import (
     APPEARANCE_SPECS,
     BENCHMARK_SPECS,
+    REALISTIC_SPECS,
+    SEMI_SYNTHETIC_SPECS,
     PhantomCase,
     PhantomSpec,
+    SemiSyntheticSpec,
     generate_phantom,
+    generate_semisynthetic,
+    minmax_scale,
+    semisynthetic_from_case,
     write_phantom_case,
 )
 
@@ -29,7 +36,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _contrast(case: PhantomCase) -> float:
     """Tumour minus surrounding-ring intensity on frame 0, over the cavity's 1-99 % range."""
     frame, mask = case.frames[0], case.first_mask
-    ring = ndimage.binary_dilation(mask, iterations=6) & ~ndimage.binary_dilation(mask, iterations=2)
+    ring = ndimage.binary_dilation(mask, iterations=6) & ~ndimage.binary_dilation(
+        mask, iterations=2
+    )
     low, high = np.percentile(frame[case.cavity_mask], [1, 99])
     return float(frame[mask].mean() - frame[ring].mean()) / float(high - low)
 
@@ -79,23 +88,34 @@ def test_named_cases_have_a_whole_tumour_on_every_frame(named_cases, name):
 
 
 def test_masks_are_the_frame0_tumour_warped_by_the_displacement():
-    case = generate_phantom(n_frames=30, site="liver", tumour_radius_mm=20.0,
-                            through_plane=0.0, breathing_amplitude_mm=15.0, seed=3)
+    case = generate_phantom(
+        n_frames=30,
+        site="liver",
+        tumour_radius_mm=20.0,
+        through_plane=0.0,
+        breathing_amplitude_mm=15.0,
+        seed=3,
+    )
     _, height, width = case.masks.shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     moved = False
     for t in range(len(case.masks)):
         u = case.displacement_mm[t].astype(np.float64)
-        warped = ndimage.map_coordinates(case.masks[0].astype(np.float64),
-                                         [rows - u[..., 0], cols - u[..., 1]], order=1) >= 0.5
+        warped = (
+            ndimage.map_coordinates(
+                case.masks[0].astype(np.float64), [rows - u[..., 0], cols - u[..., 1]], order=1
+            )
+            >= 0.5
+        )
         assert _dice(warped, case.masks[t]) > 0.98, t
         moved |= _dice(case.masks[0], case.masks[t]) < 0.9
     assert moved, "the tumour should move away from its frame-0 position"
 
 
 def test_sliding_static_outside_cavity_moving_inside():
-    case = generate_phantom(n_frames=20, breathing_amplitude_mm=15.0, snr=np.inf,
-                            intensity_drift=0.0, seed=4)
+    case = generate_phantom(
+        n_frames=20, breathing_amplitude_mm=15.0, snr=np.inf, intensity_drift=0.0, seed=4
+    )
     outside = ~case.cavity_mask
     assert outside.sum() > 0.3 * outside.size
     assert np.all(case.displacement_mm[:, outside] == 0)
@@ -112,9 +132,17 @@ def test_sliding_static_outside_cavity_moving_inside():
 
 
 def test_baseline_shift_moves_the_target_and_it_stays():
-    spec = PhantomSpec(n_frames=36, breathing_amplitude_mm=1.0, irregularity=0.0,
-                       drift_mm=0.0, through_plane=0.0, baseline_shift_mm=40.0,
-                       baseline_shift_frame=10, baseline_shift_frames=12, seed=5)
+    spec = PhantomSpec(
+        n_frames=36,
+        breathing_amplitude_mm=1.0,
+        irregularity=0.0,
+        drift_mm=0.0,
+        through_plane=0.0,
+        baseline_shift_mm=40.0,
+        baseline_shift_frame=10,
+        baseline_shift_frames=12,
+        seed=5,
+    )
     case = generate_phantom(spec)
     row = case.centroids_mm[:, 0]
     assert np.abs(row[:11] - row[0]).max() < 2.0
@@ -128,8 +156,15 @@ def test_baseline_shift_moves_the_target_and_it_stays():
 def test_lower_frame_rate_gives_larger_inter_frame_motion():
     steps = {}
     for rate in (1.0, 8.0):
-        case = generate_phantom(n_frames=24, shape=(128, 128), site="lung",
-                                tumour_radius_mm=8.0, frame_rate_hz=rate, snr=np.inf, seed=6)
+        case = generate_phantom(
+            n_frames=24,
+            shape=(128, 128),
+            site="lung",
+            tumour_radius_mm=8.0,
+            frame_rate_hz=rate,
+            snr=np.inf,
+            seed=6,
+        )
         steps[rate] = np.linalg.norm(np.diff(case.centroids_mm, axis=0), axis=1).mean()
     assert steps[1.0] > 3.0 * steps[8.0]
     assert steps[1.0] > 3.0
@@ -137,8 +172,9 @@ def test_lower_frame_rate_gives_larger_inter_frame_motion():
 
 def test_per_frame_intensity_rescaling_changes_frame_statistics():
     def variation(drift: float) -> float:
-        case = generate_phantom(n_frames=20, shape=(128, 128), intensity_drift=drift,
-                                snr=np.inf, seed=8)
+        case = generate_phantom(
+            n_frames=20, shape=(128, 128), intensity_drift=drift, snr=np.inf, seed=8
+        )
         static = ndimage.binary_erosion(~case.cavity_mask, iterations=2)
         static &= case.frames[0] > 0.2 * case.frames[0].max()
         means = case.frames[:, static].mean(axis=1)
@@ -150,14 +186,18 @@ def test_per_frame_intensity_rescaling_changes_frame_statistics():
 
 def test_faint_tumour_has_less_contrast_than_default(named_cases):
     faint = _contrast(named_cases["faint"])
-    default = _contrast(generate_phantom(n_frames=2, site="liver", tumour_radius_mm=20.0,
-                                         seed=201))
+    default = _contrast(generate_phantom(n_frames=2, site="liver", tumour_radius_mm=20.0, seed=201))
     assert 0.0 < faint < 0.4 * default
 
 
 def test_through_plane_changes_the_cross_section():
-    settings = {"n_frames": 40, "shape": (160, 160), "site": "lung", "tumour_radius_mm": 12.0,
-                "seed": 9}
+    settings = {
+        "n_frames": 40,
+        "shape": (160, 160),
+        "site": "lung",
+        "tumour_radius_mm": 12.0,
+        "seed": 9,
+    }
     fixed = generate_phantom(through_plane=0.0, **settings)
     varying = generate_phantom(through_plane=0.35, **settings)
     fixed_area = fixed.masks.sum(axis=(1, 2))
@@ -167,8 +207,14 @@ def test_through_plane_changes_the_cross_section():
 
 
 def test_breathing_is_irregular():
-    settings = {"n_frames": 80, "shape": (96, 96), "frame_rate_hz": 8.0, "drift_mm": 0.0,
-                "tumour_radius_mm": 5.0, "seed": 10}
+    settings = {
+        "n_frames": 80,
+        "shape": (96, 96),
+        "frame_rate_hz": 8.0,
+        "drift_mm": 0.0,
+        "tumour_radius_mm": 5.0,
+        "seed": 10,
+    }
     regular = generate_phantom(irregularity=0.0, **settings)
     irregular = generate_phantom(irregularity=1.0, **settings)
 
@@ -221,3 +267,136 @@ def test_write_phantom_case_round_trip(tmp_path):
     np.testing.assert_array_equal(read.first_mask.astype(bool), case.first_mask)
     assert read.frame_rate_hz == pytest.approx(case.spec.frame_rate_hz)
     assert read.scanned_region == "thorax"
+
+
+# --------------------------------------------------------------------------------------------
+# MR-like appearance: smooth organs, per-frame min-max scaling
+# --------------------------------------------------------------------------------------------
+
+
+def test_minmax_scaled_frames_span_0_255_in_whole_numbers_on_every_frame():
+    case = generate_phantom(n_frames=6, shape=(128, 128), minmax_scale=True, seed=2)
+    assert np.all(case.frames.min(axis=(1, 2)) == 0.0)
+    assert np.all(case.frames.max(axis=(1, 2)) == 255.0)
+    np.testing.assert_array_equal(case.frames, np.round(case.frames))
+
+
+def test_minmax_scale_maps_each_frame_to_0_255():
+    frame = np.array([[2.0, 4.0], [6.0, 10.0]])
+    np.testing.assert_array_equal(minmax_scale(frame), [[0, 64], [128, 255]])
+    assert minmax_scale(np.full((3, 3), 7.0)).max() == 0.0
+
+
+def test_low_texture_gives_smoother_organs_and_the_same_motion():
+    plain = {"n_frames": 3, "shape": (128, 128), "snr": np.inf, "bias_strength": 0.0,
+             "intensity_drift": 0.0, "seed": 9}  # fmt: skip
+    rich, smooth = generate_phantom(**plain), generate_phantom(**plain, texture=0.2)
+    np.testing.assert_array_equal(rich.displacement_mm, smooth.displacement_mm)
+    np.testing.assert_array_equal(rich.masks, smooth.masks)
+    inside = ndimage.binary_erosion(rich.cavity_mask, iterations=4) & ~ndimage.binary_dilation(
+        rich.first_mask, iterations=4
+    )
+
+    def roughness(frame):  # median: texture is everywhere, edges are few
+        return float(np.median(np.abs(frame - ndimage.gaussian_filter(frame, 2.0))[inside]))
+
+    assert roughness(smooth.frames[0]) < 0.8 * roughness(rich.frames[0])
+
+
+def test_realistic_jump_case_moves_the_target_by_the_specified_jump():
+    spec = dataclasses.replace(REALISTIC_SPECS["mr_abdomen_jump"], n_frames=24,
+                               baseline_shift_frame=6, breathing_amplitude_mm=0.5,
+                               drift_mm=0.0, through_plane=0.0)  # fmt: skip
+    case = generate_phantom(spec)
+    assert case.frames.max() == 255.0 and case.frames.min() == 0.0
+    moved = case.centroids_mm[-1] - case.centroids_mm[0]
+    assert abs(moved[0] - 40.0) < 3.0, moved  # 40 mm inferior, a tenth of it anterior
+    assert abs(moved[1] + 4.0) < 3.0, moved
+
+
+# --------------------------------------------------------------------------------------------
+# Semi-synthetic cases: a "real" frame warped by known motion
+# --------------------------------------------------------------------------------------------
+
+
+def _fake_real_frame(shape=(96, 96), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth textured frame (a stand-in for a real one) and a disc target on it."""
+    rng = np.random.default_rng(seed)
+    frame = 100.0 + 80.0 * ndimage.gaussian_filter(rng.standard_normal(shape), 3.0)
+    rows, cols = np.indices(shape)
+    mask = (rows - 48) ** 2 + (cols - 44) ** 2 < 12**2
+    return (frame + 60.0 * mask).astype(np.float32), mask
+
+
+STILL = {"breathing_amplitude_mm": 0.0, "deformation_mm": 0.0, "snr": np.inf,
+         "bias_strength": 0.0}  # fmt: skip
+
+
+def test_semisynthetic_translation_reproduces_the_warp_exactly():
+    frame, mask = _fake_real_frame()
+    case = generate_semisynthetic(frame, mask, n_frames=10, jump_mm=(6.0, -4.0), jump_frame=3,
+                                  jump_frames=2, window_sigma_mm=np.inf, minmax_scale=False,
+                                  **STILL)  # fmt: skip
+    for t in (6, 9):
+        np.testing.assert_array_equal(case.masks[t], np.roll(mask, (6, -4), axis=(0, 1)))
+        expected = np.roll(frame, (6, -4), axis=(0, 1))
+        np.testing.assert_allclose(case.frames[t][8:-8, 8:-8], expected[8:-8, 8:-8], atol=1e-3)
+    np.testing.assert_array_equal(case.masks[0], mask)
+    np.testing.assert_allclose(case.target_shift_mm[-1], [6.0, -4.0])
+
+
+def test_semisynthetic_masks_move_by_the_target_shift_and_frames_are_minmax_scaled():
+    frame, mask = _fake_real_frame()
+    case = generate_semisynthetic(frame, mask, n_frames=16, breathing_amplitude_mm=6.0,
+                                  jump_mm=(-10.0, 8.0), jump_frame=6, deformation_mm=0.0,
+                                  snr=20.0, seed=3)  # fmt: skip
+    centres = np.array([ndimage.center_of_mass(m) for m in case.masks])
+    np.testing.assert_allclose(centres - centres[0], case.target_shift_mm, atol=0.5)
+    assert np.abs(case.target_shift_mm[-1] - case.target_shift_mm[5]).max() > 8.0
+    assert np.all(case.frames.min(axis=(1, 2)) == 0.0)
+    assert np.all(case.frames.max(axis=(1, 2)) == 255.0)
+    assert case.info["min_jacobian"] > 0.3
+    # the target keeps its size: it is carried whole, not stretched by the fall-off
+    assert np.abs(case.masks.sum(axis=(1, 2)) / mask.sum() - 1.0).max() < 0.05
+
+
+def test_semisynthetic_frames_follow_the_pullback_field():
+    frame, mask = _fake_real_frame()
+    case = generate_semisynthetic(frame, mask, n_frames=8, jump_mm=(5.0, 3.0), jump_frame=2,
+                                  window_sigma_mm=25.0, minmax_scale=False,
+                                  **{**STILL, "deformation_mm": 3.0})  # fmt: skip
+    rows, cols = np.indices(frame.shape, dtype=np.float64)
+    u = case.displacement_mm[-1].astype(np.float64)
+    coords = [rows - u[..., 0], cols - u[..., 1]]
+    expected = ndimage.map_coordinates(frame, coords, order=3, mode="nearest")
+    np.testing.assert_allclose(case.frames[-1], expected, atol=1e-2)
+    warped_mask = ndimage.map_coordinates(mask.astype(float), coords, order=1) >= 0.5
+    np.testing.assert_array_equal(case.masks[-1], warped_mask)
+    assert np.abs(u[0]).max() > 0 and np.abs(u[mask]).max() > 4.0  # far pixels move less
+
+
+def test_semisynthetic_from_case_reads_frame0_and_first_label_from_the_folder(tmp_path):
+    frame, mask = _fake_real_frame(seed=1)
+    other = np.random.default_rng(5).random((3, *frame.shape)).astype(np.float32)
+    frames = np.concatenate([frame[None], 1000.0 * other])
+    labels = np.stack([mask] * 4).astype(np.uint8)
+    folder = write_trackrad_case(tmp_path, "X_001", frames, mask.astype(np.uint8),
+                                 labels=labels, scanned_region="abdomen")  # fmt: skip
+    spec = dataclasses.replace(SEMI_SYNTHETIC_SPECS["semi_breath_jump"], n_frames=6, jump_frame=2)
+    case = semisynthetic_from_case(folder, spec)
+    direct = generate_semisynthetic(frame, mask, spec)
+    np.testing.assert_array_equal(case.frames, direct.frames)
+    np.testing.assert_array_equal(case.masks, direct.masks)
+    assert case.scanned_region == "abdomen" and "X_001" in case.info["source"]
+
+
+def test_semisynthetic_rejects_bad_input():
+    frame, mask = _fake_real_frame()
+    with pytest.raises(ValueError, match="mask' is empty"):
+        generate_semisynthetic(frame, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="mask of its shape"):
+        generate_semisynthetic(frame, mask[:10])
+    with pytest.raises(TypeError, match="unknown setting"):
+        generate_semisynthetic(frame, mask, jump=(1, 2))
+    with pytest.raises(ValueError, match="window_sigma_mm"):
+        SemiSyntheticSpec(window_sigma_mm=5.0)

@@ -56,15 +56,19 @@ def test_fixed_mask_restricts_the_metric(maps, translated):
 def test_several_channels_register_together(translated):
     frames, masks = translated([(0, 0), (4, -3)])
     gradient = [ndimage.gaussian_gradient_magnitude(f, 2) for f in frames]
-    maps = load_parameter_maps("bspline_ncc", {
-        "Registration": "MultiMetricMultiResolutionRegistration",
-        "Metric": ["AdvancedNormalizedCorrelation"] * 2,
-        "Metric0Weight": 1.0, "Metric1Weight": 1.0,
-        "FixedImagePyramid": ["FixedSmoothingImagePyramid"] * 2,
-        "MovingImagePyramid": ["MovingSmoothingImagePyramid"] * 2,
-        "Interpolator": ["BSplineInterpolator"] * 2,
-        "ImageSampler": ["RandomCoordinate"] * 2,
-    })  # fmt: skip
+    maps = load_parameter_maps(
+        "bspline_ncc",
+        {
+            "Registration": "MultiMetricMultiResolutionRegistration",
+            "Metric": ["AdvancedNormalizedCorrelation"] * 2,
+            "Metric0Weight": 1.0,
+            "Metric1Weight": 1.0,
+            "FixedImagePyramid": ["FixedSmoothingImagePyramid"] * 2,
+            "MovingImagePyramid": ["MovingSmoothingImagePyramid"] * 2,
+            "Interpolator": ["BSplineInterpolator"] * 2,
+            "ImageSampler": ["RandomCoordinate"] * 2,
+        },
+    )
     registration = register_pair([frames[1], gradient[1]], [frames[0], gradient[0]], maps)
     centroid = ndimage.center_of_mass(warp_mask(masks[0], registration))
     np.testing.assert_allclose(centroid, ndimage.center_of_mass(masks[1]), atol=0.3)

@@ -153,17 +153,33 @@ def test_folder_without_results_gives_one_clear_error(tmp_path, capsys):
 _KNOWN_ANSWERS = [
     {"source": "given"},
     {"source": "registration", "schedule": "it1/s1"},
-    {"source": "registration", "schedule": "it1/s1", "gate": "pass", "sam_score": 0.8,
-     "reason": "SAM disagreed by 3.1 mm (moved 1.0 mm); kept registration"},
-    {"source": "previous", "schedule": "it1/s1",
-     "reason": "registered mask area changed x2.50 from the previous frame"},
-    {"source": "sam", "gate": "sam", "sam_score": 0.9,
-     "reason": "registration jumped 9.0 mm from the previous frame, SAM 2.0 mm; answers 8.0 mm apart"},
+    {
+        "source": "registration",
+        "schedule": "it1/s1",
+        "gate": "pass",
+        "sam_score": 0.8,
+        "reason": "SAM disagreed by 3.1 mm (moved 1.0 mm); kept registration",
+    },
+    {
+        "source": "previous",
+        "schedule": "it1/s1",
+        "reason": "registered mask area changed x2.50 from the previous frame",
+    },
+    {
+        "source": "sam",
+        "gate": "sam",
+        "sam_score": 0.9,
+        "reason": "registration jumped 9.0 mm from the previous frame, SAM 2.0 mm; answers 8.0 mm apart",
+    },
     {"source": "previous", "reason": "deadline: registration (it0.5/s0.5) not done within 150 ms"},
-    {"source": "sam", "gate": "sam", "sam_score": 0.7,
-     "reason": "the registration of frame 5 is still running"},
+    {
+        "source": "sam",
+        "gate": "sam",
+        "sam_score": 0.7,
+        "reason": "the registration of frame 5 is still running",
+    },
     {"source": "registration", "schedule": "it0.5/s0.5"},
-]  # fmt: skip
+]
 
 
 def _write_records(run_dir, masks, answers) -> None:
@@ -172,8 +188,11 @@ def _write_records(run_dir, masks, answers) -> None:
         for t, fields in enumerate(answers):
             timing = {} if t == 0 else {"budget_ms": 150.0, "latency_ms": 100.0 + 10 * t}
             if fields["source"] == "registration":
-                timing |= {"metric_value": -0.9 - t / 100, "iterations": 60,
-                           "elapsed_ms": 100.0 + 10 * t}  # fmt: skip
+                timing |= {
+                    "metric_value": -0.9 - t / 100,
+                    "iterations": 60,
+                    "elapsed_ms": 100.0 + 10 * t,
+                }
             result = FrameResult(index=t, mask=masks[t], **timing, **fields)
             log.write(json.dumps(result.record()) + "\n")
 
@@ -192,12 +211,19 @@ def synthetic_run(tmp_path_factory, translated):
     frames, masks = translated(shifts, shape=(96, 96), radius=10)
     truth = np.roll(masks, 1, axis=2)
     root = tmp_path_factory.mktemp("synthetic")
-    case = read_case(write_trackrad_case(root, "P7", frames, truth[0], truth,
-                                         spacing_mm=(2.0, 0.5), frame_rate_hz=2.0))  # fmt: skip
+    case = read_case(
+        write_trackrad_case(
+            root, "P7", frames, truth[0], truth, spacing_mm=(2.0, 0.5), frame_rate_hz=2.0
+        )
+    )
     run_dir = root / "run"
     run_dir.mkdir()
-    settings = {"case": "<i>P&7</i>", "files": case.files, "n_frames": len(frames),
-                "frame_shape": [96, 96]}  # fmt: skip
+    settings = {
+        "case": "<i>P&7</i>",
+        "files": case.files,
+        "n_frames": len(frames),
+        "frame_shape": [96, 96],
+    }
     (run_dir / "run.json").write_text(json.dumps(settings))
     np.save(run_dir / "masks.partial.npy", masks)
     _write_records(run_dir, masks, _KNOWN_ANSWERS)
@@ -262,13 +288,26 @@ def test_frame_panel_names_what_the_record_holds():
     """The zoom panel's lines: no SAM score or budget the run did not have; a missed deadline
     and a SAM score when the record says so."""
     mask = np.ones((4, 4), np.uint8)
-    clean = FrameResult(index=1, mask=mask, source="registration", metric_value=-0.9,
-                        iterations=60, elapsed_ms=120.0, schedule="it1/s1").record()  # fmt: skip
+    clean = FrameResult(
+        index=1,
+        mask=mask,
+        source="registration",
+        metric_value=-0.9,
+        iterations=60,
+        elapsed_ms=120.0,
+        schedule="it1/s1",
+    ).record()
     lines = _details(json.loads(json.dumps(clean)))  # NaN survives the JSON round trip
     assert lines == ["metric -0.9000", "60 iterations", "120 ms", "area 16 px"]
-    late = FrameResult(index=2, mask=mask, source="sam", gate="sam", sam_score=0.75,
-                       budget_ms=150.0, reason="deadline: registration (it1/s1) not done "
-                       "within 150 ms").record()  # fmt: skip
+    late = FrameResult(
+        index=2,
+        mask=mask,
+        source="sam",
+        gate="sam",
+        sam_score=0.75,
+        budget_ms=150.0,
+        reason="deadline: registration (it1/s1) not done within 150 ms",
+    ).record()
     lines = _details(json.loads(json.dumps(late)))
     assert "deadline of 150 ms MISSED" in lines and "SAM score 0.750" in lines
 
@@ -286,8 +325,9 @@ class _LateWorker:
     def submit(self, frame, previous, index, *, schedule, return_fields=False):
         def register():
             time.sleep(0.4 if index == 1 else 0.0)
-            return FrameResult(index=index, mask=previous, source="registration",
-                               schedule=schedule.name)  # fmt: skip
+            return FrameResult(
+                index=index, mask=previous, source="registration", schedule=schedule.name
+            )
 
         return self._pool.submit(register)
 
@@ -359,17 +399,28 @@ def test_accuracy_page_compares_against_the_peers(tmp_path):
     """Known scores: regtrack wins one case, DIS flow the other; the page puts each score in
     its method's column and row, averages them, and bolds the winner, peer or not."""
     scores = {  # case -> method -> (DSC, centre distance mm, s/frame)
-        "lung_slide": {"regtrack:bspline_ncc": (0.95, 0.20, 0.08),
-                       "dis_flow": (0.90, 0.60, 0.01), "copy_first_mask": (0.50, 4.0, 0.0)},
-        "liver_large": {"regtrack:bspline_ncc": (0.91, 0.90, 0.12),
-                        "dis_flow": (0.93, 0.40, 0.02), "copy_first_mask": (0.60, 3.0, 0.0)},
-    }  # fmt: skip
-    results = {case: {method: {"dsc": dsc, "centre_distance_mm": cd, "s_per_frame_median": s}
-                      for method, (dsc, cd, s) in methods.items()}
-               for case, methods in scores.items()}  # fmt: skip
+        "lung_slide": {
+            "regtrack:bspline_ncc": (0.95, 0.20, 0.08),
+            "dis_flow": (0.90, 0.60, 0.01),
+            "copy_first_mask": (0.50, 4.0, 0.0),
+        },
+        "liver_large": {
+            "regtrack:bspline_ncc": (0.91, 0.90, 0.12),
+            "dis_flow": (0.93, 0.40, 0.02),
+            "copy_first_mask": (0.60, 3.0, 0.0),
+        },
+    }
+    results = {
+        case: {
+            method: {"dsc": dsc, "centre_distance_mm": cd, "s_per_frame_median": s}
+            for method, (dsc, cd, s) in methods.items()
+        }
+        for case, methods in scores.items()
+    }
     source = tmp_path / "accuracy.json"
-    source.write_text(json.dumps({"benchmark": "accuracy", "machine": {"cpu": "TestCPU"},
-                                  "results": results}))  # fmt: skip
+    source.write_text(
+        json.dumps({"benchmark": "accuracy", "machine": {"cpu": "TestCPU"}, "results": results})
+    )
     html = report_benchmark(source).read_text()
     per_case = _page_table(html, "Per case: CD mm")
     assert per_case == [
@@ -405,10 +456,15 @@ def test_features_page_from_the_cli_lists_each_extractor_fastest_in_bold(tmp_pat
         ("sam2.1-tiny @ 256", 25.8, 27.7),
         ("sam2.1-tiny @ 1024", 671.5, 704.4),
     ]
-    results = [{"extractor": name, "device": "cpu", "median_ms": median, "p95_ms": p95}
-               for name, median, p95 in timings]  # fmt: skip
-    target.write_text(json.dumps({"benchmark": "features", "frame": [256, 256],
-                                  "torch_threads": 2, "results": results}))  # fmt: skip
+    results = [
+        {"extractor": name, "device": "cpu", "median_ms": median, "p95_ms": p95}
+        for name, median, p95 in timings
+    ]
+    target.write_text(
+        json.dumps(
+            {"benchmark": "features", "frame": [256, 256], "torch_threads": 2, "results": results}
+        )
+    )
     assert main(["report", str(target)]) == 0
     assert str(tmp_path / "features.html") in capsys.readouterr().out
     rows = _page_table((tmp_path / "features.html").read_text(), "Feature extraction, one frame")
@@ -425,8 +481,13 @@ def test_benchmark_page_api_bolds_the_best_and_embeds_figures(tmp_path):
     source.write_text(json.dumps({"benchmark": "budget", "machine": {"cpu": "TestCPU"}}))
     figure = Figure(figsize=(3, 2))
     figure.subplots().plot([0, 1], [1, 0])
-    table = Table("Latency", ["method", "p95 ms"], [["a", 12.5], ["b", 9.25]],
-                  formats=[None, ".2f"], best={1: "min"})  # fmt: skip
+    table = Table(
+        "Latency",
+        ["method", "p95 ms"],
+        [["a", 12.5], ["b", 9.25]],
+        formats=[None, ".2f"],
+        best={1: "min"},
+    )
     page = write_benchmark_page(source, "Budget", [table], [("latency plot", figure)])
     html = page.read_text()
     assert page == tmp_path / "budget.html"
@@ -438,8 +499,17 @@ def test_benchmark_page_api_bolds_the_best_and_embeds_figures(tmp_path):
 
 
 def _chromium(*args, profile) -> subprocess.CompletedProcess:
-    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", *args]  # fmt: skip
+    command = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -466,8 +536,9 @@ def _browser_check(page, profile) -> tuple[dict, list[str]]:
     return json.loads(found.group(1)), console
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="chromium is not on PATH (apt-get install chromium)")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium is not on PATH (apt-get install chromium)"
+)
 def test_page_renders_in_headless_chromium(tracked, tmp_path):
     _, run_dir = tracked
     page = run_dir / "report" / "index.html"
@@ -475,16 +546,23 @@ def test_page_renders_in_headless_chromium(tracked, tmp_path):
     assert check["images"] >= 2 and check["broken"] == [], check
     assert console == []  # the page has no scripts: any console message is a fault
     shot = tmp_path / "report.png"
-    _chromium(f"--screenshot={shot}", "--window-size=1280,900", page.as_uri(),
-              profile=tmp_path / "profile")  # fmt: skip
+    _chromium(
+        f"--screenshot={shot}",
+        "--window-size=1280,900",
+        page.as_uri(),
+        profile=tmp_path / "profile",
+    )
     pixels = imageio.imread(shot)
     assert pixels.shape[:2] == (900, 1280)
     assert pixels[..., :3].std() > 30  # text, movie and plots, not a blank page
     # the checker itself can fail: a broken image and a console message are caught
     broken = page.with_name("broken.html")
-    broken.write_text(page.read_text().replace(
-        "</body>", '<img src="missing.png" alt="gone"><script>console.error("x")</script></body>'
-    ))  # fmt: skip
+    broken.write_text(
+        page.read_text().replace(
+            "</body>",
+            '<img src="missing.png" alt="gone"><script>console.error("x")</script></body>',
+        )
+    )
     check, console = _browser_check(broken, tmp_path / "profile")
     broken.unlink()
     assert check["broken"] == ["gone"] and len(console) == 1

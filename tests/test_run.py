@@ -88,8 +88,12 @@ def test_a_second_writer_is_refused(tmp_path):
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path):
     import socket
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          check=True, capture_output=True, text=True)  # fmt: skip
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     files = RunFiles(tmp_path)
     owner = {"pid": int(gone.stdout), "host": socket.gethostname()}
     files.lock.write_text(json.dumps(owner))

@@ -190,8 +190,12 @@ def test_failing_case_is_recorded_and_the_others_finish(cases, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "ranking by dsc" in printed and "thorax" in printed and "abdomen" in printed
     folder = out / "report"
-    for name in ("ranking.json", "ranking.md", "pareto.png",
-                 "axis_FinalGridSpacingInPhysicalUnits.png"):  # fmt: skip
+    for name in (
+        "ranking.json",
+        "ranking.md",
+        "pareto.png",
+        "axis_FinalGridSpacingInPhysicalUnits.png",
+    ):
         assert (folder / name).stat().st_size > 0
     ranking = report["ranking"]
     for entry in ranking:  # the mean over the ok cases of each setting, as the rows say
@@ -258,10 +262,13 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
     with sqlite3.connect(out / "results.sqlite") as connection:
         connection.execute(
             "UPDATE results SET status = 'failed', error = 'injected' WHERE case_name = ? "
-            "AND setting_id = ? AND repeat = ?", victim)  # fmt: skip
+            "AND setting_id = ? AND repeat = ?",
+            victim,
+        )
     assert run_sweep(spec, out, scheduler="synchronous", progress=False, resume=True).ran == []
-    again = run_sweep(spec, out, scheduler="synchronous", progress=False, resume=True,
-                      retry_failed=True)  # fmt: skip
+    again = run_sweep(
+        spec, out, scheduler="synchronous", progress=False, resume=True, retry_failed=True
+    )
     assert again.ran == [victim]
     with open_results(out) as db:
         assert db.count() == len(all_keys) and db.keys(("failed",)) == set()
@@ -279,8 +286,17 @@ def test_cli_sweep_on_a_local_process_cluster_then_report(cases, tmp_path, capsy
         name="cli.toml",
     )
     out = tmp_path / "results"
-    argv = ["sweep", str(spec), "--out", str(out), "--workers", "1", "--threads-per-task", "1",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--threads-per-task",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "dashboard:" in printed and "1 task(s) run, 0 failed" in printed

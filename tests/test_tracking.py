@@ -60,7 +60,9 @@ def test_roi_auto_follows_target_size(translated):
 def test_rejected_registration_falls_back_to_previous_mask(translated):
     frames, truth = translated([(0, 0), (2, 1), (2, 1)])
     settings = TrackerSettings(min_area_ratio=1.5)  # every registered mask fails the gate
-    with pytest.warns(RuntimeWarning, match="frame 1: registered mask area changed x1.00 from the previous"):
+    with pytest.warns(
+        RuntimeWarning, match="frame 1: registered mask area changed x1.00 from the previous"
+    ):
         results = list(iter_track(frames, truth[0], settings=settings))
     assert [r.source for r in results] == ["given", "previous", "previous"]
     assert "area" in results[2].reason

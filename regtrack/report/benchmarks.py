@@ -147,8 +147,9 @@ def tradeoff_figure(
     figure = Figure(figsize=(8.5, 5.0), layout="constrained")
     ax = figure.subplots()
     front = pareto_front([tuple(p) for p in xy])
-    ax.plot(shown[front, 0], shown[front, 1], "-", color="#999999", lw=1, zorder=1,
-            label="Pareto front")  # fmt: skip
+    ax.plot(
+        shown[front, 0], shown[front, 1], "-", color="#999999", lw=1, zorder=1, label="Pareto front"
+    )
     for k, label in enumerate(labels):
         marker = "o" if k in front else "s"
         ax.plot(*shown[k], marker, ms=8, label=label, zorder=2)
@@ -200,8 +201,14 @@ def percentile_table(
         rows.append([label, *cells, float(values.max()) if values.size else None])
     columns = ["method", *(f"p{p:g} {unit}" for p in percentiles), f"max {unit}"]
     n = len(percentiles) + 1
-    return Table(title, columns, rows, formats=[None] + [".1f"] * n,
-                 best={k: "min" for k in range(1, n + 1)}, note=note)  # fmt: skip
+    return Table(
+        title,
+        columns,
+        rows,
+        formats=[None] + [".1f"] * n,
+        best={k: "min" for k in range(1, n + 1)},
+        note=note,
+    )
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -227,8 +234,12 @@ def method_label(name: str) -> str:
     return _PEER_NAMES.get(name, name)
 
 
-_CASE_SET_TITLES = {"benchmark": "Benchmark cases", "appearance": "Appearance-stress cases",
-                    "severe": "Severe appearance cases"}  # fmt: skip
+_CASE_SET_TITLES = {
+    "benchmark": "Benchmark cases",
+    "appearance": "Appearance-stress cases",
+    "severe": "Severe appearance cases",
+    "realistic": "MR-like cases (smooth organs, per-frame 0..255 scaling)",
+}
 """Page headings of :data:`regtrack.phantom.CASE_SETS`."""
 
 
@@ -236,8 +247,10 @@ def _case_sets(cases: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Cases grouped as in the README: benchmark cases, appearance-stress cases, others."""
     from ..phantom import CASE_SETS, NAMED_SPECS
 
-    groups = [(_CASE_SET_TITLES[name], [c for c in cases if c in specs])
-              for name, specs in CASE_SETS.items()]  # fmt: skip
+    groups = [
+        (_CASE_SET_TITLES[name], [c for c in cases if c in specs])
+        for name, specs in CASE_SETS.items()
+    ]
     groups.append(("Other cases", [c for c in cases if c not in NAMED_SPECS]))
     return [(name, members) for name, members in groups if members]
 
@@ -263,15 +276,22 @@ def _accuracy_page(data: dict):
     tables, figures = [], []
     for set_name, members in _case_sets(cases):
         rows = [_mean_row(results, members, m) for m in methods]
-        tables.append(Table(
-            f"{set_name}: mean over {len(members)} cases",
-            ["method", *(h for _, h, _, _ in _ACCURACY_COLUMNS), "s/frame", "slowest case s/frame"],
-            rows,
-            formats=[None, *(f for _, _, f, _ in _ACCURACY_COLUMNS), ".3f", ".3f"],
-            best={k + 1: b for k, (*_, b) in enumerate(_ACCURACY_COLUMNS)},
-            note=f"Cases: {', '.join(members)}. Official TrackRAD metrics (frame 0 excluded), "
-            "mean over cases; s/frame is the median of the per-case medians. Best in bold.",
-        ))  # fmt: skip
+        tables.append(
+            Table(
+                f"{set_name}: mean over {len(members)} cases",
+                [
+                    "method",
+                    *(h for _, h, _, _ in _ACCURACY_COLUMNS),
+                    "s/frame",
+                    "slowest case s/frame",
+                ],
+                rows,
+                formats=[None, *(f for _, _, f, _ in _ACCURACY_COLUMNS), ".3f", ".3f"],
+                best={k + 1: b for k, (*_, b) in enumerate(_ACCURACY_COLUMNS)},
+                note=f"Cases: {', '.join(members)}. Official TrackRAD metrics (frame 0 excluded), "
+                "mean over cases; s/frame is the median of the per-case medians. Best in bold.",
+            )
+        )
         points = {row[0]: (row[6], row[2]) for row in rows if None not in (row[6], row[2])}
         caption = (
             f"{set_name}: centre distance against time per frame (lower-left is better; the "
@@ -281,16 +301,24 @@ def _accuracy_page(data: dict):
             points, "seconds per frame (median)", "centre distance (mm)", title=set_name
         )
         figures.append((caption, figure))
-    for key, header, fmt, best in (("dsc", "DSC", ".3f", "max"),
-                                   ("centre_distance_mm", "CD mm", ".2f", "min")):  # fmt: skip
+    for key, header, fmt, best in (
+        ("dsc", "DSC", ".3f", "max"),
+        ("centre_distance_mm", "CD mm", ".2f", "min"),
+    ):
         rows = [[case, *(results[case].get(m, {}).get(key) for m in methods)] for case in cases]
-        tables.append(Table(
-            f"Per case: {header}", ["case", *map(method_label, methods)], rows,
-            formats=[None, *[fmt] * len(methods)], best_in_rows=best,
-            note="Best method per case in bold.",
-        ))  # fmt: skip
-    figures.append(("Centre distance per case and method (log scale)",
-                    _per_case_bars(results, cases, methods)))  # fmt: skip
+        tables.append(
+            Table(
+                f"Per case: {header}",
+                ["case", *map(method_label, methods)],
+                rows,
+                formats=[None, *[fmt] * len(methods)],
+                best_in_rows=best,
+                note="Best method per case in bold.",
+            )
+        )
+    figures.append(
+        ("Centre distance per case and method (log scale)", _per_case_bars(results, cases, methods))
+    )
     hashes = (data.get("preset_sha256") or {}).items()
     cases_asked = data.get("cases", "see tables")
     notes = [
@@ -328,11 +356,14 @@ def _features_page(data: dict):
 
     rows = [[r["extractor"], r["device"], r["median_ms"], r["p95_ms"]] for r in data["results"]]
     table = Table(
-        "Feature extraction, one frame", ["extractor", "device", "median ms", "p95 ms"], rows,
-        formats=[None, None, ".1f", ".1f"], best={2: "min", 3: "min"},
+        "Feature extraction, one frame",
+        ["extractor", "device", "median ms", "p95 ms"],
+        rows,
+        formats=[None, None, ".1f", ".1f"],
+        best={2: "min", 3: "min"},
         note=f"Frame {' x '.join(map(str, data.get('frame', [])))}, after warm-up; torch "
         f"threads: {data.get('torch_threads')}.",
-    )  # fmt: skip
+    )
     figure = Figure(figsize=(9, 0.9 + 0.45 * len(rows)), layout="constrained")
     ax = figure.subplots()
     labels = [f"{r[0]} ({r[1]})" for r in rows]
@@ -365,20 +396,36 @@ def _report_page(data: dict):
             continue
         walls = [r["wall_s"] for r in runs]
         medians[kind] = [statistics.median(r["stages_s"].get(s, 0.0) for r in runs) for s in stages]
-        rows.append([kind, statistics.median(walls), min(walls), len(runs), *medians[kind],
-                     runs[0]["movie_bytes"] / 1e6, runs[0]["movie_frames"]])  # fmt: skip
+        rows.append(
+            [
+                kind,
+                statistics.median(walls),
+                min(walls),
+                len(runs),
+                *medians[kind],
+                runs[0]["movie_bytes"] / 1e6,
+                runs[0]["movie_frames"],
+            ]
+        )
     case = data.get("case", {})
     target = data.get("target", {})
     table = Table(
         "Writing one run's report",
-        ["movie", "wall s (median)", "wall s (min)", "repeats", *(f"{s} s" for s in stages),
-         "movie MB", "movie frames"],
+        [
+            "movie",
+            "wall s (median)",
+            "wall s (min)",
+            "repeats",
+            *(f"{s} s" for s in stages),
+            "movie MB",
+            "movie frames",
+        ],
         rows,
         formats=[None, ".1f", ".1f", "d", *[".2f"] * len(stages), ".1f", "d"],
         note=f"`regtrack report RUN` in a fresh interpreter (imports included), pinned to "
         f"{data.get('cores_used')} cores; stages from the report's summary.json. Target: under "
         f"{target.get('wall_s')} s and {target.get('movie_mb')} MB.",
-    )  # fmt: skip
+    )
     figure = Figure(figsize=(9, 1.2 + 0.6 * max(len(medians), 1)), layout="constrained")
     ax = figure.subplots()
     left = np.zeros(len(medians))
@@ -407,19 +454,34 @@ def _budget_page(data: dict):
     from matplotlib.figure import Figure
 
     summary = data.get("summary", [])
-    rows = [[_budget_label(r["budget_s"]), r["dsc"], r["centre_distance_mm"], r["p99_ms"],
-             r["max_ms"], f"{r['misses']}/{r['frames']}", 100 * r["fallback_share"]]
-            for r in summary]  # fmt: skip
+    rows = [
+        [
+            _budget_label(r["budget_s"]),
+            r["dsc"],
+            r["centre_distance_mm"],
+            r["p99_ms"],
+            r["max_ms"],
+            f"{r['misses']}/{r['frames']}",
+            100 * r["fallback_share"],
+        ]
+        for r in summary
+    ]
     table = Table(
         "Mean over cases per budget",
-        ["budget", "DSC", "CD mm", "p99 ms", "max ms", "deadline misses", "fallback %"], rows,
-        formats=[None, ".4f", ".3f", ".0f", ".0f", None, ".0f"], best={1: "max", 2: "min"},
+        ["budget", "DSC", "CD mm", "p99 ms", "max ms", "deadline misses", "fallback %"],
+        rows,
+        formats=[None, ".4f", ".3f", ".0f", ".0f", None, ".0f"],
+        best={1: "max", 2: "min"},
         note="Each case replayed at its acquisition rate; latency from a frame's arrival to "
         "its answer. 'unlimited' is the offline run with the preset's full schedule.",
-    )  # fmt: skip
+    )
     runs = data.get("runs", [])
-    latency = {_budget_label(r["budget_s"]): np.concatenate(
-        [q["latency_ms"] for q in runs if q["budget_s"] == r["budget_s"]]) for r in summary}  # fmt: skip
+    latency = {
+        _budget_label(r["budget_s"]): np.concatenate(
+            [q["latency_ms"] for q in runs if q["budget_s"] == r["budget_s"]]
+        )
+        for r in summary
+    }
     figure = Figure(figsize=(10, 4), layout="constrained")
     dsc_ax, cd_ax = figure.subplots(1, 2)
     finite = [r for r in summary if r["budget_s"] is not None]
@@ -440,8 +502,12 @@ def _budget_page(data: dict):
     dsc_ax.legend(fontsize=7)
     tables = [table, percentile_table("Latency, all cases pooled", latency)]
     machine = data.get("machine", {})
-    notes = [(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; elastix in a "
-              "worker process, answers at the deadline from the last good mask.")]  # fmt: skip
+    notes = [
+        (
+            f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; elastix in a "
+            "worker process, answers at the deadline from the last good mask."
+        )
+    ]
     return "Accuracy against the time budget", tables, [("Accuracy per budget", figure)], notes
 
 
@@ -456,8 +522,9 @@ def _generic_page(data: dict):
     if isinstance(results, list) and results and all(isinstance(r, dict) for r in results):
         tables.append(_records_table("Results", results))
     elif isinstance(results, dict) and results:
-        records = [{"": k, **(v if isinstance(v, dict) else {"value": v})}
-                   for k, v in results.items()]  # fmt: skip
+        records = [
+            {"": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in results.items()
+        ]
         tables.append(_records_table("Results", records))
     notes = [f"No dedicated page for the '{name}' benchmark yet: its results as they are."]
     return f"Benchmark: {name}", tables, [], notes

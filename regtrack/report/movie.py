@@ -171,8 +171,11 @@ def render_frame(
     picture = Image.new("RGB", canvas.size, (20, 20, 20))
     draw = ImageDraw.Draw(picture)
     grey = None if frame is None else _grey(frame)
-    outlines = [(m, c, w) for m, c, w in ((predicted, SOURCE_COLOURS[kind], 3),
-                (truth, TRUTH_COLOUR, 1)) if m is not None]  # fmt: skip
+    outlines = [
+        (m, c, w)
+        for m, c, w in ((predicted, SOURCE_COLOURS[kind], 3), (truth, TRUTH_COLOUR, 1))
+        if m is not None
+    ]
     _draw_view(picture, draw, grey, outlines, None, canvas.scale, (0, _BAND))
     if canvas.focus is not None:
         rows, cols = canvas.focus
@@ -180,10 +183,12 @@ def render_frame(
         origin = (canvas.image_size[0], _BAND)
         _draw_view(picture, draw, grey, outlines, canvas.focus, zoom, origin)
         draw.rectangle(
-            [(cols.start * canvas.scale, rows.start * canvas.scale + _BAND),
-             (cols.stop * canvas.scale - 1, rows.stop * canvas.scale + _BAND - 1)],
+            [
+                (cols.start * canvas.scale, rows.start * canvas.scale + _BAND),
+                (cols.stop * canvas.scale - 1, rows.stop * canvas.scale + _BAND - 1),
+            ],
             outline=(200, 200, 200),
-        )  # fmt: skip
+        )
         for k, line in enumerate(details):
             xy = (origin[0] + 10, _BAND + canvas.panel + 8 + 20 * k)
             draw.text(xy, line, fill=(230, 230, 230), font=canvas.small)
@@ -316,10 +321,15 @@ def write_movie(run: RunData, path: str | Path, *, fps: float | None = None) -> 
         writer = imageio.get_writer(path, mode="I", duration=1000.0 / fps, loop=0)
     else:
         writer = imageio.get_writer(
-            path, format="FFMPEG", fps=fps, codec="libx264", quality=5,
-            macro_block_size=_BLOCK, ffmpeg_log_level="error",
+            path,
+            format="FFMPEG",
+            fps=fps,
+            codec="libx264",
+            quality=5,
+            macro_block_size=_BLOCK,
+            ffmpeg_log_level="error",
             output_params=["-preset", "veryfast", "-movflags", "+faststart"],
-        )  # fmt: skip
+        )
     with writer:
         for image in iter_movie_frames(run, GIF_DISPLAY_SIZE if gif else DISPLAY_SIZE):
             writer.append_data(image)

@@ -259,8 +259,12 @@ def write_report(
     metrics, metrics_note = _run_metrics(run)
     lap("metrics")
     facts["metrics"] = metrics
-    facts["movie"] = {"file": movie.name, "fps": fps or movie_fps(run.frame_rate_hz),
-                      "bytes": movie.stat().st_size, "frames": run.n_frames}  # fmt: skip
+    facts["movie"] = {
+        "file": movie.name,
+        "fps": fps or movie_fps(run.frame_rate_hz),
+        "bytes": movie.stat().st_size,
+        "frames": run.n_frames,
+    }
     index = _render(
         "index.html.j2",
         folder / "index.html",
@@ -287,8 +291,12 @@ def _swatches(with_truth: bool) -> list[tuple[str, str]]:
     """Legend of the movie's colours, taken from the movie module so they cannot disagree."""
     from .movie import SOURCE_COLOURS, TRUTH_COLOUR
 
-    labels = {"given": "given (frame 0)", "registration": "registration", "fallback": "fallback",
-              "missing": "not answered"}  # fmt: skip
+    labels = {
+        "given": "given (frame 0)",
+        "registration": "registration",
+        "fallback": "fallback",
+        "missing": "not answered",
+    }
     rows = [(labels[k], _hex(SOURCE_COLOURS[k])) for k in labels]
     if with_truth:
         rows.append(("ground truth", _hex(TRUTH_COLOUR)))

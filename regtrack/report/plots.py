@@ -76,10 +76,21 @@ def trajectory_figure(traj) -> Any:
     names = ("row position (mm)\nup as in the image", "column position (mm)")
     for k, (ax, name) in enumerate(zip(axes, names)):
         if with_truth:
-            ax.plot(time, traj.ground_truth_mm[:, k], color=TRUTH_COLOUR, ls="--", lw=1.2,
-                    label="ground truth")  # fmt: skip
-        ax.plot(time, traj.predicted_mm[:, k], color=PLOT_COLOURS["registration"], lw=1.6,
-                label="prediction")  # fmt: skip
+            ax.plot(
+                time,
+                traj.ground_truth_mm[:, k],
+                color=TRUTH_COLOUR,
+                ls="--",
+                lw=1.2,
+                label="ground truth",
+            )
+        ax.plot(
+            time,
+            traj.predicted_mm[:, k],
+            color=PLOT_COLOURS["registration"],
+            lw=1.6,
+            label="prediction",
+        )
         _mark_frames(ax, time, traj.predicted_mm[:, k], traj.fallback, traj.gate_rejected)
         _shade_missing(ax, time, done)
         ax.set_ylabel(name)
@@ -100,11 +111,25 @@ def trajectory_figure(traj) -> Any:
 def _mark_frames(ax, time, values, fallback, rejected) -> None:
     """Open circle on fallback frames, a cross on gate rejections."""
     if fallback.any():
-        ax.plot(time[fallback], values[fallback], "o", mfc="none", ms=8,
-                color=PLOT_COLOURS["fallback"], label="fallback")  # fmt: skip
+        ax.plot(
+            time[fallback],
+            values[fallback],
+            "o",
+            mfc="none",
+            ms=8,
+            color=PLOT_COLOURS["fallback"],
+            label="fallback",
+        )
     if rejected.any():
-        ax.plot(time[rejected], values[rejected], "x", ms=7, mew=1.8, color="black",
-                label="gate rejected")  # fmt: skip
+        ax.plot(
+            time[rejected],
+            values[rejected],
+            "x",
+            ms=7,
+            mew=1.8,
+            color="black",
+            label="gate rejected",
+        )
 
 
 def quality_figure(data: dict[str, Any], n_frames: int) -> Any:
@@ -150,8 +175,9 @@ def _dots(ax, time, values, kinds, label: str) -> None:
     for kind in ("given", "registration", "fallback"):
         pick = finite & (kinds == kind)
         if pick.any():
-            ax.plot(time[pick], values[pick], ".", ms=5, color=PLOT_COLOURS[kind], label=kind,
-                    zorder=2)  # fmt: skip
+            ax.plot(
+                time[pick], values[pick], ".", ms=5, color=PLOT_COLOURS[kind], label=kind, zorder=2
+            )
     ax.set_ylabel(label)
 
 
@@ -179,8 +205,9 @@ def _ms_panel(ax, data, time, kinds) -> None:
     if "latency_ms" in data:  # arrival to answer, when the streaming tracker ran
         ax.plot(time, data["latency_ms"], color="#ff7f0e", lw=0.8, label="latency")
     if "budget_ms" in data:
-        ax.step(time, data["budget_ms"], where="mid", color="#d62728", ls="--", lw=1.2,
-                label="budget")  # fmt: skip
+        ax.step(
+            time, data["budget_ms"], where="mid", color="#d62728", ls="--", lw=1.2, label="budget"
+        )
     missed = data["deadline_missed"]
     if missed.any():
         ax.plot(time[missed], elapsed[missed], "v", color="#d62728", ms=6, label="deadline missed")

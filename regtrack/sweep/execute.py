@@ -197,9 +197,20 @@ def _threads_here(threads) -> int:
 
 
 _ITK_LOCK = threading.Lock()
-_ITK_NAMES = ("MultiThreaderBase", "ParameterObject", "ElastixRegistrationMethod",
-              "TransformixFilter", "Image", "F", "UC", "image_from_array", "array_from_image",
-              "GetImageFromArray", "GetArrayFromImage", "GetArrayViewFromImage")  # fmt: skip
+_ITK_NAMES = (
+    "MultiThreaderBase",
+    "ParameterObject",
+    "ElastixRegistrationMethod",
+    "TransformixFilter",
+    "Image",
+    "F",
+    "UC",
+    "image_from_array",
+    "array_from_image",
+    "GetImageFromArray",
+    "GetArrayFromImage",
+    "GetArrayViewFromImage",
+)
 
 
 def _load_itk():
