@@ -108,6 +108,7 @@ def run_real_case(path: Path, budget: float | None, workers: int | None = None) 
         "fallbacks": sum(not f for f in fresh),
         "start_age": [r.start_age for r in answered],
         "answer_age": [r.index - r.answered_by for r in answered if r.answered_by >= 0],
+        "records": [r.record() for r in answered],
         "schedules": {s: sum(r.schedule == s for r in answered)
                       for s in sorted({r.schedule for r in answered})},
     }  # fmt: skip
