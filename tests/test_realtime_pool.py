@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -148,6 +148,46 @@ def test_a_crashed_worker_is_replaced_and_its_frame_answered_by_the_fallback():
         assert late.reason.startswith("deadline")
         fresh = rt.step(frame)
         assert fresh.source == "registration" and worker.made == 4
+
+
+class SleepingWorker:
+    """Registration stand-in taking ``seconds`` each, ``threads`` at once (sleeps overlap)."""
+
+    def __init__(self, seconds, threads):
+        self.works = {schedule: 1000 for schedule in LADDER}
+        self.seconds, self._pool = seconds, ThreadPoolExecutor(threads)
+
+    def __call__(self, frame0, mask0, settings, spacing_mm):
+        return self
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        def register():
+            time.sleep(self.seconds)
+            return FrameResult(index=index, mask=row_mask(index), source="registration")
+
+        return self._pool.submit(register)
+
+    def close(self):
+        self._pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stream_overlaps_registrations_longer_than_the_frame_interval(workers):
+    """Registrations take 1.2 frame intervals: a pool of two registers every frame, one
+    worker every other frame (the frames between are answered by the newest result)."""
+    frames = np.zeros((12, *SHAPE), np.float32)
+    worker = SleepingWorker(0.12, threads=workers)
+    settings = TrackerSettings(budget_s=0.5)
+    with RealtimeTracker(settings, worker=worker, workers=workers) as rt:
+        rt.init(frames[0], first_mask(), calibrate=False)
+        answers = list(rt.stream(frames, frame_rate_hz=10))
+    assert [a.index for a in answers] == list(range(1, 12))
+    fresh = [a.answered_by == a.index and a.source == "registration" for a in answers]
+    if workers == 2:
+        assert all(fresh)
+    else:
+        assert 3 <= sum(fresh) <= 8 and any("still running" in a.reason for a in answers)
+    assert all(a.answered_by <= a.index and frame_of(a.mask) == a.answered_by for a in answers)
 
 
 def test_a_schedule_running_past_the_next_frame_needs_a_worker_free_for_that_frame():
