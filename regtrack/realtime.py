@@ -54,6 +54,7 @@ _WAKE_HISTORY = 256
 _WAKE_SAFETY = 1.5  # a spike larger than any recent one still fits
 _CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[0])
 _MAX_WORKERS = 4
+_COST_QUANTILE = 0.98
 _PARENT_POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -291,7 +292,9 @@ class RealtimeTracker:
         self.return_fields = return_fields
         self.method = self.settings.method
         self._method_decided = False
-        self.cost = CostModel()
+        # under a deadline nearly every answer should be fresh: the 98th percentile of the
+        # cost model's misfit, not the 90th, decides what fits
+        self.cost = CostModel(quantile=_COST_QUANTILE if self.settings.budget_s else 0.9)
         self._slots: list[_Slot] = []
         self._build_args: tuple = ()
         self._sam = None
