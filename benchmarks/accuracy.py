@@ -9,7 +9,8 @@ Cases, all scored in one run with the official TrackRAD metrics (:mod:`regtrack.
   from the case folder (nothing of the real case is stored);
 - phantom case sets (``--cases``): ``benchmark``, ``appearance``, ``severe``, ``realistic``.
 
-Methods: regtrack (``regtrack`` = default settings, ``regtrack:<preset>``) and the peers
+Methods: regtrack (``regtrack`` = default settings, ``regtrack:<preset>``, and any setting
+changed with ``+name=value``, e.g. ``regtrack+flatten_sigma_mm=10``) and the peers
 copy-the-first-mask (the TrackRAD baseline), OpenCV DIS optical flow and scikit-image TV-L1,
 each flow computed straight from frame t to frame 0 and used to pull mask(0) onto frame t.
 Each peer gets the input its documentation assumes: DIS 8-bit frames, TV-L1 (whose default
@@ -78,22 +79,39 @@ def machine(packages: tuple[str, ...] = ()) -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("regtrack", "itk-elastix", "SimpleITK", "numpy", "scipy", "torch",
-                 "opencv-python-headless", "scikit-image", *packages):  # fmt: skip
+    for dist in (
+        "regtrack",
+        "itk-elastix",
+        "SimpleITK",
+        "numpy",
+        "scipy",
+        "torch",
+        "opencv-python-headless",
+        "scikit-image",
+        *packages,
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             versions[dist] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "python": sys.version.split()[0],
-            "platform": platform.platform(), "versions": versions}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def machine_line(info: dict) -> str:
     """One line naming the machine, printed under the tables."""
     versions = info["versions"]
-    return (f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-            f"itk-elastix {versions.get('itk-elastix')}, OpenCV {versions.get('opencv-python-headless')}, "
-            f"scikit-image {versions.get('scikit-image')}")  # fmt: skip
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+        f"itk-elastix {versions.get('itk-elastix')}, OpenCV {versions.get('opencv-python-headless')}, "
+        f"scikit-image {versions.get('scikit-image')}"
+    )
 
 
 # -------------------------------------------------------------------------------------- peers
@@ -166,15 +184,26 @@ def track_copy(frames, first_mask, spacing_mm):
         yield first_mask
 
 
-def track_regtrack(preset: str | None):
-    """regtrack with its default settings or a preset; also reports feature/elastix time."""
+def regtrack_settings(name: str) -> dict:
+    """TrackerSettings keywords of a method name ``regtrack[:preset][+setting=value...]``,
+    e.g. ``regtrack+flatten_sigma_mm=10`` or ``regtrack:bspline_mi+roi=none``."""
+    head, *changes = name.split("+")
+    settings: dict = {"preset": head.split(":", 1)[1]} if ":" in head else {}
+    for change in changes:
+        key, _, text = change.partition("=")
+        words = {"true": True, "false": False, "none": None}
+        settings[key] = words[text.lower()] if text.lower() in words else float(text)
+    return settings
+
+
+def track_regtrack(name: str):
+    """regtrack with the settings its method name gives; also reports feature/elastix time."""
 
     def run(frames, first_mask, spacing_mm, timings):
         from regtrack.tracking import TrackerSettings, iter_track
 
-        settings = TrackerSettings() if preset is None else TrackerSettings(preset=preset)
-        results = iter_track(frames, first_mask, settings=settings, spacing_mm=spacing_mm,
-                             start=1)  # fmt: skip
+        settings = TrackerSettings(**regtrack_settings(name))
+        results = iter_track(frames, first_mask, settings=settings, spacing_mm=spacing_mm, start=1)
         for result in results:
             timings.append((result.feature_ms, result.registration_ms))
             yield result.mask
@@ -183,15 +212,18 @@ def track_regtrack(preset: str | None):
 
 
 def method_function(name: str):
-    if name == "regtrack":
-        return track_regtrack(None)
-    if name.startswith("regtrack:"):
-        return track_regtrack(name.split(":", 1)[1])
-    functions = {"copy_first_mask": track_copy, "dis_flow": track_dis_flow,
-                 "tvl1_flow": track_tvl1_flow}  # fmt: skip
+    if name == "regtrack" or name.startswith(("regtrack:", "regtrack+")):
+        return track_regtrack(name)
+    functions = {
+        "copy_first_mask": track_copy,
+        "dis_flow": track_dis_flow,
+        "tvl1_flow": track_tvl1_flow,
+    }
     if name not in functions:
-        raise SystemExit(f"unknown method {name!r}; use regtrack, regtrack:<preset> or one of"
-                         f" {list(PEERS)}")  # fmt: skip
+        raise SystemExit(
+            f"unknown method {name!r}; use regtrack, regtrack:<preset>, "
+            f"regtrack+<setting>=<value> or one of {list(PEERS)}"
+        )
     return functions[name]
 
 
@@ -210,8 +242,9 @@ def run_method(name: str, case: BenchCase, *, peer_scaling: str = "sequence") ->
         now = time.perf_counter()
         seconds.append(now - start)
         start = now
-    scores = evaluate_case(np.stack(masks).astype(np.uint8), case.labels,
-                           scanned_region=case.scanned_region)  # fmt: skip
+    scores = evaluate_case(
+        np.stack(masks).astype(np.uint8), case.labels, scanned_region=case.scanned_region
+    )
     scores["s_per_frame_median"] = float(np.median(seconds))
     scores["s_per_frame_mean"] = float(np.mean(seconds))
     scores["s_per_frame_p95"] = float(np.percentile(seconds, 95))
@@ -250,8 +283,16 @@ def semi_cases(folder: Path, max_frames: int | None) -> list[BenchCase]:
     for spec in SEMI_SYNTHETIC_SPECS.values():
         semi = semisynthetic_from_case(folder, spec, **_frames_override(spec, max_frames))
         name = f"{folder.name}_{spec.name}"
-        cases.append(BenchCase(name, "semi-synthetic", semi.frames, semi.masks, semi.spacing_mm,
-                               semi.scanned_region))  # fmt: skip
+        cases.append(
+            BenchCase(
+                name,
+                "semi-synthetic",
+                semi.frames,
+                semi.masks,
+                semi.spacing_mm,
+                semi.scanned_region,
+            )
+        )
     return cases
 
 
@@ -274,8 +315,11 @@ def phantom_cases(set_name: str, max_frames: int | None) -> list[BenchCase]:
     cases = []
     for name, spec in phantom_sets()[set_name].items():
         case = generate_phantom(spec, **_frames_override(spec, max_frames))
-        cases.append(BenchCase(name, "phantom", case.frames, case.masks, case.spacing_mm,
-                               spec.scanned_region))  # fmt: skip
+        cases.append(
+            BenchCase(
+                name, "phantom", case.frames, case.masks, case.spacing_mm, spec.scanned_region
+            )
+        )
     return cases
 
 
@@ -290,8 +334,10 @@ def load_cases(args) -> list[BenchCase]:
     cases: list[BenchCase] = []
     folders = find_case_folders(args.cases_dir) if args.cases_dir else []
     if args.cases_dir and not folders:
-        raise SystemExit(f"--cases-dir {args.cases_dir}: no TrackRAD case folder with"
-                         " targets/<case>_labels.mha found in it or its subfolders")  # fmt: skip
+        raise SystemExit(
+            f"--cases-dir {args.cases_dir}: no TrackRAD case folder with"
+            " targets/<case>_labels.mha found in it or its subfolders"
+        )
     cases += [real_case(folder, args.max_frames) for folder in folders]
     if args.semi:
         if not folders:
@@ -340,11 +386,15 @@ def rank_agreement(results: dict, kinds: dict[str, str]) -> dict[str, dict]:
 
 
 SUMMARY_COLUMNS = (
-    ("dsc", "DSC", "{:.4f}"), ("centre_distance_mm", "CD mm", "{:.3f}"),
-    ("hd95_mm", "HD95 mm", "{:.2f}"), ("masd_mm", "MASD mm", "{:.3f}"),
-    ("relative_d98", "rel D98", "{:.4f}"), ("s_per_frame_median", "s/frame", "{:.3f}"),
-    ("feature_ms_median", "features ms", "{:.1f}"), ("registration_ms_median", "elastix ms", "{:.0f}"),
-)  # fmt: skip
+    ("dsc", "DSC", "{:.4f}"),
+    ("centre_distance_mm", "CD mm", "{:.3f}"),
+    ("hd95_mm", "HD95 mm", "{:.2f}"),
+    ("masd_mm", "MASD mm", "{:.3f}"),
+    ("relative_d98", "rel D98", "{:.4f}"),
+    ("s_per_frame_median", "s/frame", "{:.3f}"),
+    ("feature_ms_median", "features ms", "{:.1f}"),
+    ("registration_ms_median", "elastix ms", "{:.0f}"),
+)
 
 
 def format_results(results: dict, kinds: dict[str, str], agreement: dict) -> str:
@@ -353,22 +403,32 @@ def format_results(results: dict, kinds: dict[str, str], agreement: dict) -> str
     lines = []
     for kind in dict.fromkeys(kinds.values()):
         members = [c for c in results if kinds[c] == kind]
-        lines += [f"{kind} cases ({len(members)}): mean over cases", "",
-                  "| method | " + " | ".join(t for _, t, _ in SUMMARY_COLUMNS) + " |",
-                  "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]  # fmt: skip
+        lines += [
+            f"{kind} cases ({len(members)}): mean over cases",
+            "",
+            "| method | " + " | ".join(t for _, t, _ in SUMMARY_COLUMNS) + " |",
+            "|---" * (len(SUMMARY_COLUMNS) + 1) + "|",
+        ]
         for method in methods:
             cells = []
             for key, _, fmt in SUMMARY_COLUMNS:
-                values = [results[c][method][key] for c in members
-                          if key in results[c].get(method, {})]  # fmt: skip
+                values = [
+                    results[c][method][key] for c in members if key in results[c].get(method, {})
+                ]
                 cells.append(fmt.format(np.mean(values)) if values else "-")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["| case | kind | " + " | ".join(methods) + " | DSC ranks | tau vs real |",
-              "|---" * (len(methods) + 4) + "|"]  # fmt: skip
+    lines += [
+        "| case | kind | " + " | ".join(methods) + " | DSC ranks | tau vs real |",
+        "|---" * (len(methods) + 4) + "|",
+    ]
     for case, by_method in results.items():
-        cells = [f"{by_method[m]['dsc']:.3f} / {by_method[m]['centre_distance_mm']:.2f}"
-                 if m in by_method else "-" for m in methods]  # fmt: skip
+        cells = [
+            f"{by_method[m]['dsc']:.3f} / {by_method[m]['centre_distance_mm']:.2f}"
+            if m in by_method
+            else "-"
+            for m in methods
+        ]
         info = agreement.get(case, {})
         ranks = " ".join(f"{info['ranks'][m]:g}" for m in methods if m in info.get("ranks", {}))
         tau = info.get("kendall_tau_vs_real")
@@ -402,17 +462,28 @@ def main(argv=None) -> int:
             row = results[case.name][method] = run_method(
                 method, case, peer_scaling=args.peer_scaling
             )
-            print(f"{case.name:<28}{method:<22} DSC {row['dsc']:.3f}  CD {row['centre_distance_mm']:6.2f} mm"
-                  f"  {row['s_per_frame_median'] * 1e3:5.0f} ms/frame", flush=True)  # fmt: skip
+            print(
+                f"{case.name:<28}{method:<22} DSC {row['dsc']:.3f}  CD {row['centre_distance_mm']:6.2f} mm"
+                f"  {row['s_per_frame_median'] * 1e3:5.0f} ms/frame",
+                flush=True,
+            )
     agreement = rank_agreement(results, kinds)
     info = machine()
     print()
     print(format_results(results, kinds, agreement))
     print(machine_line(info) + " (timings depend on the load of the machine)")
-    report = {"benchmark": "accuracy", "cases": _cases_label(args), "machine": info,
-              "itk_threads": _itk_threads(), "preset_sha256": preset_hashes(methods),
-              "max_frames": args.max_frames, "peer_scaling": args.peer_scaling, "kinds": kinds, "rank_agreement": agreement,
-              "results": results}  # fmt: skip
+    report = {
+        "benchmark": "accuracy",
+        "cases": _cases_label(args),
+        "machine": info,
+        "itk_threads": _itk_threads(),
+        "preset_sha256": preset_hashes(methods),
+        "max_frames": args.max_frames,
+        "peer_scaling": args.peer_scaling,
+        "kinds": kinds,
+        "rank_agreement": agreement,
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written: {args.out}")
@@ -431,7 +502,7 @@ def preset_hashes(methods) -> dict:
     hashes = {}
     for name in methods:
         if name.startswith("regtrack"):
-            preset = name.split(":", 1)[1] if ":" in name else DEFAULT_PRESET
+            preset = regtrack_settings(name).get("preset", DEFAULT_PRESET)
             files = preset_files(preset)
             hashes[name] = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:16]
     return hashes
@@ -459,10 +530,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add semi-synthetic cases built from each real case's frame 0",
     )
-    parser.add_argument("--cases", default=None,
-                        help="comma-separated phantom sets: benchmark, appearance, severe, "
-                             "realistic, all, or none (default: benchmark without --cases-dir, "
-                             "none with it)")  # fmt: skip
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated phantom sets: benchmark, appearance, severe, "
+        "realistic, all, or none (default: benchmark without --cases-dir, "
+        "none with it)",
+    )
     parser.add_argument(
         "--method",
         action="append",

@@ -150,3 +150,13 @@ def test_bad_arguments_fail_before_any_case_runs(tmp_path):
         accuracy.main(["--method", "sift", "--cases", "none"])
     with pytest.raises(SystemExit, match="no TrackRAD case folder"):
         accuracy.main(["--cases-dir", str(tmp_path), "--method", "copy_first_mask"])
+
+
+def test_method_names_carry_regtrack_settings():
+    assert accuracy.regtrack_settings("regtrack") == {}
+    assert accuracy.regtrack_settings("regtrack:bspline_mi+roi=none+roi_margin_mm=20") == {
+        "preset": "bspline_mi",
+        "roi": None,
+        "roi_margin_mm": 20.0,
+    }
+    assert accuracy.regtrack_settings("regtrack+refine_flow=false") == {"refine_flow": False}
