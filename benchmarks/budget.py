@@ -6,14 +6,20 @@ and a registration not done in time is answered with the last good mask. "unlimi
 offline run (no deadline, the preset's full schedule), the reference for accuracy. Prints a
 table, writes JSON naming the machine and a page with the plots (regtrack report).
 
-    python benchmarks/budget.py                              # all benchmark cases
+The real case (../shared/data/A_005_part1, 8 Hz, manual masks) is streamed to the tracker
+(RealtimeTracker.stream: frames handed to a pool of worker processes as they arrive) under
+each of --real-budget; "fresh" is the share of frames answered by their own registration.
+
+    python benchmarks/budget.py                              # all benchmark cases + real case
     python benchmarks/budget.py --case lung_slide --budget 0.1 --budget 0.25 --frames 40
+    python benchmarks/budget.py --no-phantoms --real-budget 0.1 --real-budget 0.25
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -25,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import machine
 
 BUDGETS = (0.05, 0.1, 0.25, 0.5, 1.0)
+REAL_BUDGETS = (0.1, 0.25)
+REAL_CASE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "A_005_part1"
 
 
 def run_case(name: str, budget: float | None, n_frames: int | None) -> dict:
@@ -61,6 +69,66 @@ def run_case(name: str, budget: float | None, n_frames: int | None) -> dict:
         "schedules": {s: sum(r.schedule == s for r in answered)
                       for s in sorted({r.schedule for r in answered})},
     }  # fmt: skip
+
+
+def run_real_case(path: Path, budget: float | None, workers: int | None = None) -> dict:
+    """Stream a real TrackRAD case at its frame rate under one budget (None: offline)."""
+    from regtrack.io import read_case
+    from regtrack.metrics import evaluate_case
+    from regtrack.realtime import RealtimeTracker
+    from regtrack.tracking import TrackerSettings, iter_track
+
+    case = read_case(path)
+    frames = np.asarray(case.frames)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if budget is None:
+            results = list(iter_track(frames, case.first_mask, spacing_mm=case.spacing_mm))
+        else:
+            tracker = RealtimeTracker(TrackerSettings(budget_s=budget), workers=workers,
+                                      spacing_mm=case.spacing_mm)  # fmt: skip
+            with tracker:
+                results = [tracker.init(frames[0], case.first_mask)]
+                results += tracker.stream(frames, frame_rate_hz=case.frame_rate_hz)
+    wall_s = time.perf_counter() - start
+    masks = np.stack([r.mask for r in results]).astype(np.uint8)
+    answered = results[1:]
+    latency = [r.latency_ms for r in answered]
+    fresh = [r.source == "registration" and r.answered_by == r.index for r in answered]
+    return {
+        "case": case.name, "budget_s": budget, "frame_rate_hz": case.frame_rate_hz,
+        "workers": None if budget is None else tracker.workers,
+        "n_frames": len(results), "wall_s": wall_s,
+        "scores": evaluate_case(masks, np.asarray(case.labels)),
+        "latency_ms": latency if budget else [r.elapsed_ms for r in answered],
+        "misses": int(sum(ms > budget * 1e3 for ms in latency)) if budget else 0,
+        "fresh_share": float(np.mean(fresh)),
+        "registered": sum(r.source == "registration" for r in answered),
+        "fallbacks": sum(not f for f in fresh),
+        "start_age": [r.start_age for r in answered],
+        "answer_age": [r.index - r.answered_by for r in answered if r.answered_by >= 0],
+        "records": [r.record() for r in answered],
+        "schedules": {s: sum(r.schedule == s for r in answered)
+                      for s in sorted({r.schedule for r in answered})},
+    }  # fmt: skip
+
+
+def print_real_table(runs: list[dict], machine_name: str) -> None:
+    print(f"\nreal case, streamed at its frame rate ({machine_name}):")
+    print(
+        "| case | budget | workers | DSC | p50 ms | p95 ms | p99 ms | max ms | misses | fresh "
+        "| oldest answer |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        budget = "offline" if run["budget_s"] is None else f"{run['budget_s']:g} s"
+        p50, p95, p99 = np.percentile(run["latency_ms"], [50, 95, 99])
+        oldest = max(run["answer_age"], default=0)
+        print(f"| {run['case']} | {budget} | {run['workers'] or 1} | {run['scores']['dsc']:.4f} | "
+              f"{p50:.0f} | {p95:.0f} | {p99:.0f} | {max(run['latency_ms']):.0f} | "
+              f"{run['misses']}/{len(run['latency_ms'])} | {100 * run['fresh_share']:.1f} % "
+              f"| {oldest} frames |")  # fmt: skip
 
 
 def summary_rows(runs: list[dict]) -> list[dict]:
@@ -102,9 +170,21 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "budget.json"
     )
+    parser.add_argument("--real", type=Path, default=REAL_CASE, help="real TrackRAD case folder")
+    parser.add_argument("--real-budget", action="append", type=float, help="seconds (repeatable)")
+    parser.add_argument("--workers", type=int, help="real case: worker processes (default: auto)")
+    parser.add_argument("--no-phantoms", action="store_true", help="only the real case")
     args = parser.parse_args(argv)
-    cases = args.case or list(BENCHMARK_SPECS)
+    cases = [] if args.no_phantoms else args.case or list(BENCHMARK_SPECS)
     budgets = [None, *(args.budget or BUDGETS)]
+    real_runs = []
+    if args.real.exists():
+        for budget in [None, *(args.real_budget or REAL_BUDGETS)]:
+            real_runs.append(run_real_case(args.real, budget, args.workers))
+        info = machine()
+        print_real_table(
+            real_runs, f"{info['cpu']}, {info['cores']} cores; load {os.getloadavg()[0]:.1f}"
+        )
     runs = []
     for name in cases:
         for budget in budgets:
@@ -113,16 +193,18 @@ def main(argv=None) -> int:
             print(f"{name:22s} budget {budget!s:>5}: DSC {run['scores']['dsc']:.4f} "
                   f"p99 {np.percentile(run['latency_ms'], 99):.0f} ms, misses {run['misses']}, "
                   f"fallbacks {run['fallbacks']}", flush=True)  # fmt: skip
-    rows = summary_rows(runs)
-    print_table(rows)
+    rows = summary_rows(runs) if runs else []
+    if rows:
+        print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "budget", "machine": machine(), "cases": cases, "summary": rows,
-              "runs": runs}  # fmt: skip
+              "runs": runs, "real": real_runs}  # fmt: skip
     args.out.write_text(json.dumps(report, indent=1, default=float))
     print(f"results: {args.out}")
-    from regtrack.report import report_benchmark
+    if runs:
+        from regtrack.report import report_benchmark
 
-    print(f"page: {report_benchmark(args.out)}")
+        print(f"page: {report_benchmark(args.out)}")
     return 0
 
 

@@ -100,13 +100,16 @@ def _scale(values, fraction: float, minimum: int) -> list[int]:
 class CostModel:
     """``ms = a + b * work`` fitted on recent measurements of this machine.
 
-    The prediction is inflated by the 90th percentile of observed/fitted ratios (at least
-    ``margin``), so a frame that runs slow now and then still fits.
+    The prediction is inflated by the ``quantile`` of observed/fitted ratios (at least
+    ``margin``), so a frame that runs slow now and then still fits: 0.9 lets about one frame
+    in ten run over; the real-time tracker, whose answers should nearly all be fresh, uses
+    0.98.
     """
 
-    def __init__(self, history: int = 64, margin: float = 1.15) -> None:
+    def __init__(self, history: int = 64, margin: float = 1.15, quantile: float = 0.9) -> None:
         self._observations: deque[tuple[float, float]] = deque(maxlen=history)
         self.margin = margin
+        self.quantile = quantile
 
     def __len__(self) -> int:
         return len(self._observations)
@@ -131,19 +134,34 @@ class CostModel:
         intercept, slope = self._fit()
         observed = np.array(self._observations)
         fitted = intercept + slope * observed[:, 0]
-        spread = np.percentile(observed[:, 1] / np.maximum(fitted, 1e-6), 90)
+        spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
         return (intercept + slope * work) * max(self.margin, float(spread))
 
 
-def choose_schedule(available_ms: float | None, works: dict, cost: CostModel) -> Schedule:
+def choose_schedule(
+    available_ms: float | None,
+    works: dict,
+    cost: CostModel,
+    *,
+    next_frame_ms: float | None = None,
+    free_for_next: bool = True,
+) -> Schedule:
     """The largest rung of :data:`LADDER` predicted to fit ``available_ms``.
 
     ``works`` maps each schedule to its work. None (unlimited) gives the full preset; when no
     rung fits, the smallest is chosen (the caller answers at its deadline regardless).
+
+    ``next_frame_ms`` is the time until the next frame arrives: a rung predicted to run past
+    it keeps its worker busy when that frame comes, so it is chosen only when
+    ``free_for_next`` (another worker will be free for that frame); otherwise the rung must
+    also fit ``next_frame_ms``, and the pipeline keeps up with the frame rate.
     """
-    if available_ms is None:
+    limit = available_ms
+    if next_frame_ms is not None and not free_for_next:
+        limit = next_frame_ms if limit is None else min(limit, next_frame_ms)
+    if limit is None:
         return LADDER[0]
     for schedule in LADDER:
-        if cost.predict(works[schedule]) <= available_ms:
+        if cost.predict(works[schedule]) <= limit:
             return schedule
     return LADDER[-1]

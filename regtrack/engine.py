@@ -156,7 +156,11 @@ class FrameResult:
     ``work`` its iterations x samples; ``budget_ms`` and ``latency_ms`` (arrival to answer)
     are set by the streaming tracker when it runs under a budget. Frame 0's answer carries
     ``step_sizes``: the ASGD step-size parameters estimated once on frame 0 and used for every
-    later frame (:attr:`Engine.step_sizes`).
+    later frame (:attr:`Engine.step_sizes`). ``answered_by`` is the frame whose result this
+    answer is: the frame itself for its own registration, an earlier frame when the newest
+    finished earlier result answers (0: the given mask), -1 when SAM's mask of this frame
+    answers. ``start_age`` is how many frames old the position was that this frame's
+    registration started from (0: SAM's mask of this frame; -1: no registration started).
     """
 
     index: int
@@ -179,6 +183,8 @@ class FrameResult:
     displacement_mm: np.ndarray | None = None
     step_sizes: dict | None = None
     refined: bool = False
+    answered_by: int = -1
+    start_age: int = -1
 
     def record(self) -> dict:
         """The JSON-serialisable per-frame record (no arrays)."""

@@ -5,39 +5,66 @@ frame with no deadline, the real-time mode with one.
 
 Elastix holds Python's GIL for the whole registration (measured: a 5 ms sleep in the main
 thread woke after 277 ms while elastix ran in a second thread), so a thread cannot answer at a
-deadline. Under a deadline the registration engine therefore lives in a worker *process*: the
-main process waits for it until the deadline and, when it is not done, answers with the
-fallback (the last good mask) while the late registration goes on and, once finished, starts
-the next frame from where it found the target.
+deadline. Under a deadline the registration engine therefore lives in worker *processes*, a
+small pool of them (one elastix thread each), so registrations of consecutive frames overlap
+when one takes longer than the frame interval: the frame rate, not the budget alone, is what
+the pipeline must sustain. Each frame goes to a free worker, starting from the freshest known
+position (the newest finished answer); the main process waits for it until the deadline and,
+when it is not done, answers with the newest finished result (its frame is recorded as
+``answered_by``), while the late registration goes on and, once finished, moves the starting
+point of the next frames forward, unless a newer result already has.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import logging
 import math
 import os
+import signal
+import statistics
+import sys
+import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
-from .budget import LADDER, CostModel, check_budget, choose_schedule
+from .budget import LADDER, CostModel, Schedule, check_budget, choose_schedule
 from .checks import check_frame, check_mask
 from .engine import Engine, FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
 
-__all__ = ["RealtimeTracker"]
+__all__ = ["RealtimeTracker", "default_workers"]
 
 logger = logging.getLogger(__name__)
 
 _ANSWER_MARGIN_S = 0.004  # building the fallback answer and returning it
+# ... plus the latest this process recently woke from a timed wait or answered past the time
+# it meant to (measured up to 19 ms at load 3.5 on 2 cores), so the fallback still comes in
+# time. (Lowering the workers' priority instead starved them behind other users' processes.)
+_WAKE_HISTORY = 256
+_WAKE_SAFETY = 1.5  # a spike larger than any recent one still fits
 _CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[0])
+_MAX_WORKERS = 4
+_COST_QUANTILE = 0.98
+_PARENT_POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def default_workers(budget_s: float | None) -> int:
+    """Registration workers for a process pool: one per core (at most 4) under a budget, one
+    without (nothing then gains from overlapping registrations)."""
+    if budget_s is None:
+        return 1
+    return max(1, min(_cores(), _MAX_WORKERS))
 
 
 class _InlineWorker:
@@ -60,8 +87,38 @@ class _InlineWorker:
 _PROCESS_ENGINE: Engine | None = None
 
 
-def _process_build(frame0, mask0, settings, spacing_mm) -> tuple[dict, dict]:
+def _process_start(parent_pid: int, pdeathsig: bool, threads: int | None) -> None:
+    """Worker process start: die with the parent, leave Ctrl-C to it, use ``threads``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; its records stay whole
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:  # the kernel kills us when the parent's spawning thread ends (the main thread)
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # died before we got here
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if threads:
+        import cv2
+        import itk
+
+        itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(threads)
+        cv2.setNumThreads(threads)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """The portable fallback: once the parent is gone (we were re-parented), exit."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def _process_build(frame0, mask0, settings, spacing_mm, threads) -> tuple[dict, dict]:
     global _PROCESS_ENGINE
+    if threads and "MaximumNumberOfThreads" not in settings.overrides:
+        settings = replace(
+            settings, overrides={**settings.overrides, "MaximumNumberOfThreads": threads}
+        )
     _PROCESS_ENGINE = Engine.build(frame0, mask0, settings, spacing_mm)
     return _PROCESS_ENGINE.works, _PROCESS_ENGINE.step_sizes
 
@@ -71,20 +128,36 @@ def _process_track(*args, **kwargs) -> FrameResult:
 
 
 class _ProcessWorker:
-    """The engine in a child process, so the main process can answer at a deadline."""
+    """The engine in a child process, so the main process can answer at a deadline.
 
-    def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
+    Starting returns at once; ``built`` is done when the engine is (its result raises a bad
+    preset's own error). The child dies with this process and ignores Ctrl-C.
+    """
+
+    def __init__(self, frame0, mask0, settings, spacing_mm, *, threads=None) -> None:
         import multiprocessing
 
+        pdeathsig = threading.current_thread() is threading.main_thread()
         self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")
-        )
-        try:  # built as a task, not an initializer: a bad preset raises its own error here
-            self.works, self.step_sizes = self._pool.submit(_process_build, frame0, mask0, settings,
-                                           spacing_mm).result()  # fmt: skip
-        except BaseException:
-            self.close()
-            raise
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_process_start, initargs=(os.getpid(), pdeathsig, threads),
+        )  # fmt: skip
+        # built as a task, not in the initializer: a bad preset raises its own error
+        self.built = self._pool.submit(_process_build, frame0, mask0, settings, spacing_mm,
+                                       threads)  # fmt: skip
+
+    @property
+    def works(self) -> dict:
+        return self.built.result()[0]
+
+    @property
+    def step_sizes(self) -> dict:
+        return self.built.result()[1]
+
+    @property
+    def pids(self) -> list[int]:
+        """The child's process id (for tests and monitoring)."""
+        return list(self._pool._processes or ())
 
     def submit(self, *args, **kwargs) -> Future:
         return self._pool.submit(_process_track, *args, **kwargs)
@@ -97,13 +170,56 @@ _WORKERS = {"inline": _InlineWorker, "process": _ProcessWorker}
 
 
 @dataclass
-class _InFlight:
-    """A registration that missed its frame's deadline and is still running."""
+class _Job:
+    """One registration handed to a worker."""
 
     index: int
     future: Future
     submitted: float
     work: int
+    start_age: int
+    finished: float = math.nan  # perf_counter() when its result reached this process
+    answered: bool = False  # its frame has been answered (late: by the fallback)
+
+    def predicted_end(self, cost: CostModel) -> float:
+        return self.submitted + cost.predict(self.work) / 1e3
+
+
+@dataclass
+class _Pending:
+    """A frame taken in and not yet answered."""
+
+    index: int
+    arrival: float
+    deadline: float | None
+    budget_s: float | None
+    sam: Any = None
+    job: _Job | None = None
+    slot: _Slot | None = None
+    schedule: Schedule | None = None
+    reason: str = ""  # why no registration was started
+
+    @property
+    def budget_ms(self) -> float:
+        return math.nan if self.budget_s is None else self.budget_s * 1e3
+
+
+@dataclass
+class _Slot:
+    """A worker of the pool and the registration it runs, if any."""
+
+    worker: object
+    job: _Job | None = None
+
+    def ready(self) -> bool:
+        """Built (a failed build raises its error here)."""
+        built = getattr(self.worker, "built", None)
+        if built is None:
+            return True
+        if not built.done():
+            return False
+        built.result()
+        return True
 
 
 class RealtimeTracker:
@@ -117,15 +233,31 @@ class RealtimeTracker:
     worker : {"auto", "inline", "process"} or callable
         Where elastix runs. "process" (the default when a budget is set) enforces deadlines;
         "inline" runs in this process and can only choose a schedule that should fit. A
-        callable ``(frame0, mask0, settings, spacing_mm) -> worker`` supplies another worker:
-        an object with ``works`` (schedule -> work), ``submit(frame, previous, index, *,
+        callable ``(frame0, mask0, settings, spacing_mm) -> worker`` supplies another worker
+        (called once per worker of the pool, and again to replace one that failed): an
+        object with ``works`` (schedule -> work), ``submit(frame, previous, index, *,
         schedule, return_fields) -> concurrent.futures.Future[FrameResult]`` and ``close()``.
+    workers : int, optional
+        Registrations that may run at once, each in its own worker process with one elastix
+        thread (default: :func:`default_workers`; "inline" runs one).
+    frame_interval_s : float, optional
+        Seconds between frames (default: learned from the ``arrival`` times given to
+        :meth:`step`). A schedule that would still run when the next frame arrives is
+        chosen only when another worker will be free for that frame.
     return_fields : bool
         Also compute each frame's displacement field.
     sam_tracker : object, optional
         For methods "sam" and "hybrid": a tracker with ``init(frame0, mask0)`` and
         ``step(frame) -> SamAnswer``, e.g. ``regtrack.sam.SamTracker(model)`` around a model
         already loaded (default: loaded from ``settings.sam_checkpoint``).
+
+    Notes
+    -----
+    Each answer is the frame's own registration when it passes its gate in time
+    (``answered_by == index``), else the newest finished result (``answered_by`` < index;
+    ``reason`` says why). A registration starts from the newest finished answer when it is
+    submitted (``start_age`` frames old). A registration that finishes late never replaces
+    a newer answer; a worker that dies is replaced, and its frame answered by the fallback.
 
     Examples
     --------
@@ -141,6 +273,8 @@ class RealtimeTracker:
         *,
         spacing_mm: Sequence[float] = (1.0, 1.0),
         worker: str = "auto",
+        workers: int | None = None,
+        frame_interval_s: float | None = None,
         return_fields: bool = False,
         sam_tracker=None,
     ) -> None:
@@ -153,19 +287,26 @@ class RealtimeTracker:
         self.worker_kind = worker
         if worker == "auto":
             self.worker_kind = "process" if self.settings.budget_s else "inline"
+        self.workers = _check_workers(workers, self.worker_kind, self.settings.budget_s)
+        self.frame_interval_s = check_budget(frame_interval_s, "frame_interval_s")
         self.return_fields = return_fields
         self.method = self.settings.method
         self._method_decided = False
-        self.cost = CostModel()
-        self._worker = None
+        # under a deadline nearly every answer should be fresh: the 98th percentile of the
+        # cost model's misfit, not the 90th, decides what fits
+        self.cost = CostModel(quantile=_COST_QUANTILE if self.settings.budget_s else 0.9)
+        self._slots: list[_Slot] = []
+        self._build_args: tuple = ()
         self._sam = None
         self._sam_tracker = sam_tracker
         self._sam_model = None
         self._ready = False
         self._previous: np.ndarray | None = None
-        self._previous_index = 0
+        self._previous_index = 0  # the frame whose answer _previous is
+        self._previous_by = 0  # ... and that answer's answered_by
         self._metrics: deque[float] = deque(maxlen=20)
-        self._in_flight: _InFlight | None = None
+        self._arrivals: deque[float] = deque(maxlen=9)
+        self._lateness: deque[float] = deque(maxlen=_WAKE_HISTORY)
         self._next_index = 1
         self._frame_shape: tuple[int, int] | None = None
 
@@ -176,10 +317,10 @@ class RealtimeTracker:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker (a registration still running is abandoned)."""
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        """Stop the workers (registrations still running are abandoned)."""
+        for slot in self._slots:
+            slot.worker.close()
+        self._slots = []
         self._ready = False
 
     def init(
@@ -195,7 +336,8 @@ class RealtimeTracker:
 
         ``previous_mask`` and ``next_index`` resume a sequence part-way (SAM's memory then
         starts again from frame 0 alone). ``calibrate`` times a few registrations of frame 0
-        so the first budgeted frame already has a cost model (default: when a budget is set).
+        on every worker at once, so the first budgeted frame already has a cost model
+        (default: when a budget is set).
         """
         self.close()
         frame0 = check_frame(frame0, 0)
@@ -206,19 +348,39 @@ class RealtimeTracker:
             self.method, self._method_decided = self._method_that_runs(), True
         self._sam = self._start_sam(frame0, mask0)
         if self.method != "sam":
-            self._worker = _WORKERS.get(self.worker_kind, self.worker_kind)(
-                frame0, mask0, self.settings, self.spacing_mm
-            )
+            self._build_args = (frame0, mask0, self.settings, self.spacing_mm)
+            self._start_workers()
         self._frame_shape = frame0.shape
         self._previous = mask0 if previous_mask is None else np.asarray(previous_mask, bool)
-        self._previous_index = next_index - 1
-        self._in_flight, self._next_index, self._ready = None, next_index, True
+        self._previous_index = self._previous_by = next_index - 1
+        self._next_index, self._ready = next_index, True
         self._metrics.clear()
+        self._arrivals.clear()
         budgeted = self.settings.budget_s or self.settings.total_budget_s
-        if self._worker and (calibrate if calibrate is not None else budgeted):
+        if self._slots and (calibrate if calibrate is not None else budgeted):
             self._calibrate(frame0, mask0)
-        step_sizes = getattr(self._worker, "step_sizes", None) or None
-        return FrameResult(index=0, mask=mask0, source="given", step_sizes=step_sizes)
+        step_sizes = getattr(self._slots[0].worker, "step_sizes", None) if self._slots else None
+        return FrameResult(index=0, mask=mask0, source="given", step_sizes=step_sizes or None,
+                           answered_by=0)  # fmt: skip
+
+    def _new_worker(self):
+        if self.worker_kind == "process":
+            threads = max(1, _cores() // self.workers) if self.workers > 1 else None
+            return _ProcessWorker(*self._build_args, threads=threads)
+        return _WORKERS.get(self.worker_kind, self.worker_kind)(*self._build_args)
+
+    def _start_workers(self) -> None:
+        """Start every worker (processes build their engines side by side), wait for them."""
+        try:
+            for _ in range(self.workers):
+                self._slots.append(_Slot(self._new_worker()))
+            for slot in self._slots:
+                built = getattr(slot.worker, "built", None)
+                if built is not None:
+                    built.result()
+        except BaseException:
+            self.close()
+            raise
 
     def _method_that_runs(self) -> str:
         """The settings' method, decided once: hybrid without a SAM2.1 checkpoint says so and
@@ -256,33 +418,122 @@ class RealtimeTracker:
         return tracker
 
     def _calibrate(self, frame0, mask0) -> None:
+        """Time a few schedules on frame 0, all workers at once (as they will run)."""
         for schedule in _CALIBRATION:
-            start = time.perf_counter()
-            self._worker.submit(frame0, mask0, 0, schedule=schedule).result()
-            self.cost.observe(self._worker.works[schedule], (time.perf_counter() - start) * 1e3)
-        logger.info("cost model calibrated: full schedule %.0f ms, smallest %.0f ms",
-                    self.predict_ms(LADDER[0]), self.predict_ms(LADDER[-1]))  # fmt: skip
+            jobs = [self._submit(slot, frame0, mask0, 0, schedule, 0) for slot in self._slots]
+            while not all(job.future.done() for job in jobs):
+                self._timed_wait([], 0.002)  # how late this process wakes while workers run
+            for slot, job in zip(self._slots, jobs, strict=True):
+                job.future.result()
+                slot.job = None
+                self._observe(job)
+        logger.info("cost model calibrated on %d worker(s): full schedule %.0f ms, smallest "
+                    "%.0f ms", self.workers, self.predict_ms(LADDER[0]),
+                    self.predict_ms(LADDER[-1]))  # fmt: skip
 
     def predict_ms(self, schedule) -> float:
         """Predicted milliseconds for one frame with ``schedule`` (margin included)."""
-        return self.cost.predict(self._worker.works[schedule])
+        return self.cost.predict(self._slots[0].worker.works[schedule])
 
     def step(
         self, frame: np.ndarray, *, arrival: float | None = None, budget_s: float | None = None
     ) -> FrameResult:
         """Answer one frame by ``arrival + budget`` (``time.perf_counter()`` clock).
 
+        Registrations of earlier frames that missed their deadlines may still run meanwhile;
+        to overlap every frame's registration with the next ones, use :meth:`stream`.
+
         Parameters
         ----------
         frame : ndarray, shape (H, W)
         arrival : float, optional
-            When the frame arrived (default: now); the deadline counts from it.
+            When the frame arrived (default: now); the deadline counts from it, and the
+            arrivals given teach the tracker the frame interval.
         budget_s : float, optional
             This frame's budget (default ``settings.budget_s``; None: no deadline).
         """
-        arrival = time.perf_counter() if arrival is None else arrival
+        pending = self._dispatch(frame, arrival, budget_s, wait=True)
+        while (answer := self._resolve(pending)) is None:
+            self._timed_wait([pending.job.future], self._seconds_left(pending.deadline))
+        return answer
+
+    def stream(self, frames, *, frame_rate_hz: float) -> Iterator[FrameResult]:
+        """Answer frames arriving at ``frame_rate_hz``, from the next frame on, in order.
+
+        Frame k (k >= the next index) arrives ``(k - next) / frame_rate_hz`` s after the
+        call and is handed to a free worker as it arrives, while earlier frames'
+        registrations still run; each answer is yielded at the latest at its deadline.
+
+        Parameters
+        ----------
+        frames : ndarray or lazy reader, shape (T, H, W)
+            A recorded sequence (``frames[k]`` is read before frame k is due).
+        frame_rate_hz : float
+        """
+        if not self._ready:
+            raise RuntimeError("call init(frame0, mask0) before stream(frames)")
+        first, interval = self._next_index, 1.0 / frame_rate_hz
+        self.frame_interval_s = self.frame_interval_s or interval
+        clock, pending, k = time.perf_counter(), deque(), first
+        upcoming = frames[k] if k < len(frames) else None
+        while k < len(frames) or pending:
+            while pending and (answer := self._resolve(pending[0])) is not None:
+                pending.popleft()
+                yield answer
+            arrival = clock + (k - first) * interval
+            if k < len(frames) and time.perf_counter() >= arrival:
+                pending.append(self._dispatch(upcoming, arrival, None, wait=False))
+                k += 1
+                upcoming = frames[k] if k < len(frames) else None
+                continue
+            self._wait_for_event(arrival if k < len(frames) else None, pending)
+
+    def _wait_for_event(self, arrival: float | None, pending) -> None:
+        """Sleep until a frame arrives, the oldest unanswered frame's deadline (less the
+        margin), or a registration finishes; late registrations that finished are taken in."""
+        self._collect()
+        now = time.perf_counter()
+        times = [arrival - now] if arrival is not None else []
+        if pending and pending[0].deadline is not None:
+            times.append(pending[0].deadline - now - self._margin_s())
+        timeout = max(0.0, min(times)) if times else None
+        running = [slot.job.future for slot in self._slots
+                   if slot.job and not slot.job.future.done()]  # fmt: skip
+        self._timed_wait(running, timeout)
+
+    def _timed_wait(self, futures, timeout: float | None) -> None:
+        """Wait for the first of ``futures`` or ``timeout``; learn how late a timeout woke us."""
+        due = None if timeout is None else time.perf_counter() + timeout
+        if futures:
+            done = wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED).done
+        else:
+            time.sleep(timeout or 0.0)
+            done = ()
+        if due is not None and not done:
+            self._lateness.append(max(0.0, time.perf_counter() - due))
+
+    def _margin_s(self) -> float:
+        """How long before a deadline its answer is built: a fixed margin plus the latest this
+        process recently woke from a timed wait."""
+        return _ANSWER_MARGIN_S + _WAKE_SAFETY * max(self._lateness, default=0.0)
+
+    def _seconds_left(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.perf_counter() - self._margin_s())
+
+    def _ms_left(self, deadline: float | None) -> float | None:
+        left = self._seconds_left(deadline)
+        return None if left is None else left * 1e3
+
+    def _dispatch(self, frame, arrival, budget_s, *, wait: bool) -> _Pending:
+        """Take a frame in: hand it to a free worker (waiting for one while a registration
+        could still fit, when ``wait``), starting from the freshest known position."""
         if not self._ready:
             raise RuntimeError("call init(frame0, mask0) before step(frame)")
+        if arrival is not None:
+            self._arrivals.append(arrival)
+        arrival = time.perf_counter() if arrival is None else arrival
         index, self._next_index = self._next_index, self._next_index + 1
         frame = check_frame(frame, index)
         if frame.shape != self._frame_shape:
@@ -292,45 +543,161 @@ class RealtimeTracker:
             )
         budget = check_budget(budget_s, "budget_s") if budget_s is not None else None
         budget = budget or self.settings.budget_s
-        deadline = None if budget is None else arrival + budget
-        timing = {"arrival": arrival, "budget_ms": math.nan if budget is None else budget * 1e3}
-        sam = self._sam.step(frame) if self._sam else None
+        pending = _Pending(index, arrival, None if budget is None else arrival + budget, budget)
+        pending.sam = self._sam.step(frame) if self._sam else None
+        if self.method == "sam":
+            return pending
+        self._collect()
+        slot = self._free_slot(pending.deadline if wait else arrival)
+        if slot is None:
+            pending.reason = self._busy_reason()
+            return pending
+        start, start_index = self._starting_mask(pending.sam, index)
+        pending.schedule = self._choose(pending.deadline, arrival, slot)
+        pending.slot = slot
+        pending.job = self._submit(slot, frame, start, index, pending.schedule,
+                                   index - start_index)  # fmt: skip
+        return pending
+
+    def _resolve(self, pending: _Pending) -> FrameResult | None:
+        """The frame's answer once its registration is done or its deadline has come."""
+        timing = {"arrival": pending.arrival, "budget_ms": pending.budget_ms}
+        index, sam, job = pending.index, pending.sam, pending.job
         if self.method == "sam":
             return self._take_sam(index, sam, "", **timing)
-        if not self._worker_free(deadline):
-            busy = f"the registration of frame {self._in_flight.index} is still running"
-            return self._fallback(index, busy, sam, **timing)
-        start = self._starting_mask(sam)
-        schedule = choose_schedule(_ms_left(deadline), self._worker.works, self.cost)
-        submitted = time.perf_counter()
-        future = self._worker.submit(frame, start, index, schedule=schedule,
-                                     return_fields=self.return_fields)  # fmt: skip
-        try:
-            result = future.result(timeout=_seconds_left(deadline))
-        except FutureTimeout:
-            self._in_flight = _InFlight(index, future, submitted, self._worker.works[schedule])
-            late = f"deadline: registration ({schedule.name}) not done within {budget * 1e3:.0f} ms"
-            return self._fallback(index, late, sam, **timing)
-        self._absorb(result, submitted, self._worker.works[schedule])
+        if job is None:
+            return self._fallback(index, pending.reason, sam, **timing)
+        if not job.future.done():
+            if self._seconds_left(pending.deadline) != 0.0:
+                return None
+            job.answered = True  # runs on; _collect takes it in when it finishes
+            meant = pending.deadline - self._margin_s()
+            self._collect()  # an earlier frame's registration may have finished meanwhile
+            late = (f"deadline: registration ({pending.schedule.name}) not done within "
+                    f"{pending.budget_ms:.0f} ms")  # fmt: skip
+            answer = self._fallback(index, late, sam, job.start_age, **timing)
+            self._lateness.append(max(0.0, time.perf_counter() - meant))
+            return answer
+        pending.slot.job = None
+        error = job.future.exception()
+        if isinstance(error, BrokenExecutor):  # the worker process died
+            reason = self._replace(pending.slot, error, index)
+            return self._fallback(index, reason, sam, job.start_age, **timing)
+        self._observe(job)
+        result = job.future.result()
         if result.source != "registration":
-            return self._fallback(index, result.reason, sam, **timing)
+            return self._fallback(index, result.reason, sam, job.start_age, **timing)
+        result = replace(result, answered_by=index, start_age=job.start_age)
         return self._decide(result, sam, **timing)
 
-    def _starting_mask(self, sam) -> np.ndarray:
-        """Where the registration starts: SAM's mask, unless it jumped away (a look-alike) or
-        changed size beyond the area gate (a leak into the neighbours)."""
+    def _submit(self, slot, frame, start, index, schedule: Schedule, start_age: int) -> _Job:
+        submitted = time.perf_counter()
+        future = slot.worker.submit(frame, start, index, schedule=schedule,
+                                    return_fields=self.return_fields)  # fmt: skip
+        slot.job = _Job(index, future, submitted, slot.worker.works[schedule], start_age)
+        future.add_done_callback(lambda _, job=slot.job: _mark_finished(job))
+        return slot.job
+
+    def _collect(self) -> None:
+        """Take in every finished registration, oldest frame first: each moves the starting
+        point forward unless a newer answer already has; a failed worker is replaced."""
+        done = [slot for slot in self._slots
+                if slot.job and slot.job.answered and slot.job.future.done()]  # fmt: skip
+        for slot in sorted(done, key=lambda slot: slot.job.index):
+            job, slot.job = slot.job, None
+            error = job.future.exception()
+            if isinstance(error, BrokenExecutor):  # its frame was answered already
+                self._replace(slot, error, job.index)
+                continue
+            self._observe(job)
+            result = job.future.result()
+            if result.source == "registration":
+                self._keep(result.mask, result.index, result.index)  # late; warms the next
+
+    def _free_slot(self, deadline: float | None) -> _Slot | None:
+        """A worker free for this frame; waits for a running registration to finish while
+        the smallest schedule could still fit after it."""
+        while True:
+            for slot in self._slots:
+                if slot.job is None and slot.ready():
+                    return slot
+            waitable = [slot.job.future if slot.job else slot.worker.built
+                        for slot in self._slots if slot.job is None or slot.job.answered]  # fmt: skip
+            wait = self._seconds_left(deadline)
+            if wait is not None and self.cost:
+                wait = max(0.0, wait - self.predict_ms(LADDER[-1]) / 1e3)
+            elif wait is not None:
+                wait = 0.0  # no cost model yet: nothing is known to fit
+            if not waitable or not wait_futures(waitable, wait, FIRST_COMPLETED).done:
+                return None
+            self._collect()
+
+    def _busy_reason(self) -> str:
+        running = sorted(slot.job.index for slot in self._slots if slot.job)
+        starting = sum(slot.job is None for slot in self._slots)
+        if len(running) == 1 and not starting:
+            return f"the registration of frame {running[0]} is still running"
+        text = f"all {len(self._slots)} registration workers busy"
+        if running:
+            text += f": frames {', '.join(map(str, running))} still running"
+        return text + (f" ({starting} restarting)" if starting else "")
+
+    def _replace(self, slot: _Slot, error: BaseException, index: int) -> str:
+        """Close a worker that died and start another in its place; the reason, as text."""
+        reason = f"registration worker failed ({type(error).__name__}: {error}); replaced"
+        logger.error("frame %d: %s", index, reason)
+        slot.worker.close()
+        slot.worker, slot.job = self._new_worker(), None
+        return reason
+
+    def _observe(self, job: _Job) -> None:
+        """Learn the cost of a finished registration (submitted to result received)."""
+        finished = job.finished if math.isfinite(job.finished) else time.perf_counter()
+        self.cost.observe(job.work, (finished - job.submitted) * 1e3)
+
+    def _interval_s(self) -> float | None:
+        """Seconds between frames: given, or the median gap of the arrivals given to step."""
+        if self.frame_interval_s is not None:
+            return self.frame_interval_s
+        if len(self._arrivals) < 2:
+            return None
+        arrivals = list(self._arrivals)
+        return statistics.median(b - a for a, b in itertools.pairwise(arrivals))
+
+    def _choose(self, deadline: float | None, arrival: float, slot: _Slot) -> Schedule:
+        """The largest schedule that fits the deadline and, unless another worker will be free
+        when the next frame arrives, the time until it does."""
+        interval = self._interval_s()
+        next_ms, free = None, True
+        if deadline is not None and interval is not None:
+            next_arrival = arrival + interval
+            next_ms = max(0.0, next_arrival - time.perf_counter()) * 1e3
+            free = any(
+                other is not slot and other.ready()
+                and (other.job is None or other.job.predicted_end(self.cost) <= next_arrival)
+                for other in self._slots
+            )  # fmt: skip
+        return choose_schedule(self._ms_left(deadline), slot.worker.works, self.cost,
+                               next_frame_ms=next_ms, free_for_next=free)  # fmt: skip
+
+    def _starting_mask(self, sam, index: int) -> tuple[np.ndarray, int]:
+        """Where the registration starts, and from which frame: SAM's mask of this frame,
+        unless it jumped away (a look-alike) or changed size beyond the area gate (a leak
+        into the neighbours); else the newest finished answer."""
         if sam is None or not sam.mask.any():
-            return self._previous
+            return self._previous, self._previous_index
         jump = np.linalg.norm(centroid_mm(sam.mask, self.spacing_mm)
                               - centroid_mm(self._previous, self.spacing_mm))  # fmt: skip
         ratio = sam.mask.sum() / self._previous.sum()
         plausible = self.settings.min_area_ratio <= ratio <= self.settings.max_area_ratio
-        return sam.mask if plausible and jump <= self.settings.max_jump_mm else self._previous
+        if plausible and jump <= self.settings.max_jump_mm:
+            return sam.mask, index
+        return self._previous, self._previous_index
 
     def _decide(self, result: FrameResult, sam, **timing) -> FrameResult:
         """A passing registration is the answer, unless hybrid's gate hands it to SAM."""
         if sam is None:
-            self._keep(result)
+            self._keep(result.mask, result.index, result.index)
             return self._answer(result, **timing)
         reason = metric_outlier(result.metric_value, self._metrics)
         keep = not reason
@@ -340,66 +707,59 @@ class RealtimeTracker:
                 max_jump_mm=self.settings.max_jump_mm, agree_mm=self.settings.agree_mm,
             )  # fmt: skip
         if not keep and sam.mask.any():
-            return self._take_sam(result.index, sam, reason, **timing)
+            return self._take_sam(result.index, sam, reason, result.start_age, **timing)
         self._metrics.append(result.metric_value)
-        self._keep(result)
+        self._keep(result.mask, result.index, result.index)
         result = replace(result, sam_score=sam.score, gate="pass", reason=reason)
         return self._answer(result, **timing)
 
-    def _keep(self, result: FrameResult) -> None:
-        """The answer of a newer frame than the last one kept is where the next one starts."""
-        if result.index > self._previous_index:
-            self._previous, self._previous_index = result.mask, result.index
-
-    def _worker_free(self, deadline: float | None) -> bool:
-        """Collect a late registration; wait for it while a new one could still fit."""
-        if self._in_flight is None:
-            return True
-        in_flight = self._in_flight
-        wait = _seconds_left(deadline)
-        if wait is not None:
-            wait = max(0.0, wait - self.predict_ms(LADDER[-1]) / 1e3)
-        try:
-            result = in_flight.future.result(timeout=wait)
-        except FutureTimeout:
-            return False
-        self._in_flight = None
-        self._absorb(result, in_flight.submitted, in_flight.work)
-        if result.source == "registration":
-            self._keep(result)  # late, but it warms the next frame
-        return True
-
-    def _absorb(self, result: FrameResult, submitted: float, work: int) -> None:
-        """Learn the cost of a finished registration."""
-        self.cost.observe(work, (time.perf_counter() - submitted) * 1e3)
+    def _keep(self, mask: np.ndarray, index: int, answered_by: int) -> None:
+        """The answer of a newer frame than the last one kept is where the next one starts;
+        an older one arriving late changes nothing."""
+        if index > self._previous_index:
+            self._previous, self._previous_index, self._previous_by = mask, index, answered_by
 
     def _answer(self, result: FrameResult, *, arrival: float, budget_ms: float) -> FrameResult:
         latency_ms = (time.perf_counter() - arrival) * 1e3
         return replace(result, budget_ms=budget_ms, latency_ms=latency_ms)
 
-    def _take_sam(self, index: int, sam, reason: str, **timing) -> FrameResult:
+    def _take_sam(self, index: int, sam, reason: str, start_age: int = -1, **timing):
         result = FrameResult(index=index, mask=sam.mask, source="sam", reason=reason,
                              sam_score=sam.score, gate="sam" if reason else "",
-                             elapsed_ms=sam.ms)  # fmt: skip
+                             elapsed_ms=sam.ms, start_age=start_age)  # fmt: skip
         if sam.mask.any():
-            self._keep(result)
+            self._keep(sam.mask, index, -1)
         return self._answer(result, **timing)
 
-    def _fallback(self, index: int, reason: str, sam=None, **timing) -> FrameResult:
-        """No usable registration: SAM's mask when there is one, else the last good mask."""
+    def _fallback(self, index: int, reason: str, sam=None, start_age: int = -1, **timing):
+        """No usable registration of this frame: SAM's mask when there is one, else the
+        newest finished answer."""
         if sam is not None and sam.mask.any():
-            return self._take_sam(index, sam, reason, **timing)
-        logger.info("frame %d answered with the previous mask: %s", index, reason)
-        result = FrameResult(index=index, mask=self._previous, source="previous", reason=reason)
+            return self._take_sam(index, sam, reason, start_age, **timing)
+        logger.info("frame %d answered with frame %d's answer: %s", index,
+                    self._previous_index, reason)  # fmt: skip
+        result = FrameResult(index=index, mask=self._previous, source="previous", reason=reason,
+                             answered_by=self._previous_by, start_age=start_age)  # fmt: skip
         return self._answer(result, **timing)
 
 
-def _seconds_left(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.perf_counter() - _ANSWER_MARGIN_S)
+def _mark_finished(job: _Job) -> None:
+    job.finished = time.perf_counter()
 
 
-def _ms_left(deadline: float | None) -> float | None:
-    left = _seconds_left(deadline)
-    return None if left is None else left * 1e3
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+def _check_workers(workers, kind, budget_s) -> int:
+    if workers is None:
+        return default_workers(budget_s) if kind == "process" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    if kind == "inline" and workers > 1:
+        raise ValueError(
+            f"the inline worker runs one registration at a time, got workers={workers}; "
+            "use worker='process' for a pool"
+        )
+    return workers
