@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -75,11 +76,13 @@ def iter_track(
     )
     n_frames = check_frames(frames)[0]
 
-    def step(index: int, clock: float) -> FrameResult:
-        budget_s = _frame_budget(settings, time.perf_counter() - clock, n_frames - index)
-        return tracker.step(frames[index], budget_s=budget_s)
+    def answers(first: int) -> Iterator[FrameResult]:  # one frame after the other, no deadline
+        clock = time.perf_counter()
+        for index in range(first, n_frames):
+            budget_s = _frame_budget(settings, time.perf_counter() - clock, n_frames - index)
+            yield tracker.step(frames[index], budget_s=budget_s)
 
-    yield from _drive(tracker, frames, first_mask, step, start, previous_mask)
+    yield from _drive(tracker, frames, first_mask, answers, start, previous_mask)
 
 
 def replay(
@@ -102,22 +105,22 @@ def replay(
             f"frame_rate_hz must be a positive number, got {frame_rate_hz!r}; pass the "
             "acquisition rate (frame-rate.json in a TrackRAD case)."
         )
-    tracker = RealtimeTracker(settings or TrackerSettings(), spacing_mm=spacing_mm)
-    first = max(start, 1)
-
-    def step(index: int, clock: float) -> FrameResult:
-        frame = frames[index]  # read before it "arrives": the scanner hands it over whole
-        arrival = clock + (index - first) / frame_rate_hz
-        time.sleep(max(0.0, arrival - time.perf_counter()))
-        return tracker.step(frame, arrival=arrival)
-
-    yield from _drive(tracker, frames, first_mask, step, start, previous_mask)
+    tracker = RealtimeTracker(
+        settings or TrackerSettings(), spacing_mm=spacing_mm, frame_interval_s=1.0 / frame_rate_hz
+    )
+    # Frames handed over as they arrive, registrations of consecutive frames overlapping.
+    answers = partial(_streamed, tracker, frames, frame_rate_hz)
+    yield from _drive(tracker, frames, first_mask, answers, start, previous_mask)
 
 
-def _drive(tracker, frames, first_mask, step, start, previous_mask) -> Iterator[FrameResult]:
-    """The one loop of both drivers: frame 0 (unless resuming), then ``step(index, clock)`` for
-    every later frame, ``clock`` being when the first of them was due."""
-    n_frames, frame_shape = check_frames(frames)
+def _streamed(tracker, frames, frame_rate_hz, first: int) -> Iterator[FrameResult]:
+    return tracker.stream(frames, frame_rate_hz=frame_rate_hz)
+
+
+def _drive(tracker, frames, first_mask, answers, start, previous_mask) -> Iterator[FrameResult]:
+    """What both drivers share: checks, frame 0 (unless resuming), then ``answers(first)``,
+    the later frames' answers from the streaming tracker, in order."""
+    _, frame_shape = check_frames(frames)
     first_mask = check_mask(first_mask, frame_shape)
     with tracker:
         given = tracker.init(
@@ -128,9 +131,7 @@ def _drive(tracker, frames, first_mask, step, start, previous_mask) -> Iterator[
         )
         if start == 0:
             yield given
-        clock = time.perf_counter()
-        for index in range(max(start, 1), n_frames):
-            yield step(index, clock)
+        yield from answers(max(start, 1))
 
 
 def _frame_budget(settings: TrackerSettings, spent_s: float, frames_left: int) -> float | None:
