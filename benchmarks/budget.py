@@ -48,27 +48,41 @@ def run_case(name: str, budget: float | None, n_frames: int | None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if budget is None:
-            results = list(iter_track(case.frames, case.first_mask, settings=settings,
-                                      spacing_mm=case.spacing_mm))  # fmt: skip
+            results = list(
+                iter_track(
+                    case.frames, case.first_mask, settings=settings, spacing_mm=case.spacing_mm
+                )
+            )
         else:
-            results = list(replay(case.frames, case.first_mask, settings=settings,
-                                  frame_rate_hz=case.spec.frame_rate_hz,
-                                  spacing_mm=case.spacing_mm))  # fmt: skip
+            results = list(
+                replay(
+                    case.frames,
+                    case.first_mask,
+                    settings=settings,
+                    frame_rate_hz=case.spec.frame_rate_hz,
+                    spacing_mm=case.spacing_mm,
+                )
+            )
     wall_s = time.perf_counter() - start
     masks = np.stack([r.mask for r in results]).astype(np.uint8)
     answered = results[1:]
     latency = [r.latency_ms for r in answered]
     return {
-        "case": name, "budget_s": budget, "frame_rate_hz": case.spec.frame_rate_hz,
-        "n_frames": len(results), "wall_s": wall_s,
+        "case": name,
+        "budget_s": budget,
+        "frame_rate_hz": case.spec.frame_rate_hz,
+        "n_frames": len(results),
+        "wall_s": wall_s,
         "scores": evaluate_case(masks, case.masks),
         "latency_ms": latency,
         "misses": int(sum(ms > budget * 1e3 for ms in latency)) if budget else 0,
         "registered": sum(r.source == "registration" for r in answered),
         "fallbacks": sum(r.source != "registration" for r in answered),
-        "schedules": {s: sum(r.schedule == s for r in answered)
-                      for s in sorted({r.schedule for r in answered})},
-    }  # fmt: skip
+        "schedules": {
+            s: sum(r.schedule == s for r in answered)
+            for s in sorted({r.schedule for r in answered})
+        },
+    }
 
 
 def run_real_case(path: Path, budget: float | None, workers: int | None = None) -> dict:
@@ -86,8 +100,9 @@ def run_real_case(path: Path, budget: float | None, workers: int | None = None) 
         if budget is None:
             results = list(iter_track(frames, case.first_mask, spacing_mm=case.spacing_mm))
         else:
-            tracker = RealtimeTracker(TrackerSettings(budget_s=budget), workers=workers,
-                                      spacing_mm=case.spacing_mm)  # fmt: skip
+            tracker = RealtimeTracker(
+                TrackerSettings(budget_s=budget), workers=workers, spacing_mm=case.spacing_mm
+            )
             with tracker:
                 results = [tracker.init(frames[0], case.first_mask)]
                 results += tracker.stream(frames, frame_rate_hz=case.frame_rate_hz)
@@ -97,9 +112,12 @@ def run_real_case(path: Path, budget: float | None, workers: int | None = None) 
     latency = [r.latency_ms for r in answered]
     fresh = [r.source == "registration" and r.answered_by == r.index for r in answered]
     return {
-        "case": case.name, "budget_s": budget, "frame_rate_hz": case.frame_rate_hz,
+        "case": case.name,
+        "budget_s": budget,
+        "frame_rate_hz": case.frame_rate_hz,
         "workers": None if budget is None else tracker.workers,
-        "n_frames": len(results), "wall_s": wall_s,
+        "n_frames": len(results),
+        "wall_s": wall_s,
         "scores": evaluate_case(masks, np.asarray(case.labels)),
         "latency_ms": latency if budget else [r.elapsed_ms for r in answered],
         "misses": int(sum(ms > budget * 1e3 for ms in latency)) if budget else 0,
@@ -109,9 +127,11 @@ def run_real_case(path: Path, budget: float | None, workers: int | None = None) 
         "start_age": [r.start_age for r in answered],
         "answer_age": [r.index - r.answered_by for r in answered if r.answered_by >= 0],
         "records": [r.record() for r in answered],
-        "schedules": {s: sum(r.schedule == s for r in answered)
-                      for s in sorted({r.schedule for r in answered})},
-    }  # fmt: skip
+        "schedules": {
+            s: sum(r.schedule == s for r in answered)
+            for s in sorted({r.schedule for r in answered})
+        },
+    }
 
 
 def print_real_table(runs: list[dict], machine_name: str) -> None:
@@ -125,10 +145,12 @@ def print_real_table(runs: list[dict], machine_name: str) -> None:
         budget = "offline" if run["budget_s"] is None else f"{run['budget_s']:g} s"
         p50, p95, p99 = np.percentile(run["latency_ms"], [50, 95, 99])
         oldest = max(run["answer_age"], default=0)
-        print(f"| {run['case']} | {budget} | {run['workers'] or 1} | {run['scores']['dsc']:.4f} | "
-              f"{p50:.0f} | {p95:.0f} | {p99:.0f} | {max(run['latency_ms']):.0f} | "
-              f"{run['misses']}/{len(run['latency_ms'])} | {100 * run['fresh_share']:.1f} % "
-              f"| {oldest} frames |")  # fmt: skip
+        print(
+            f"| {run['case']} | {budget} | {run['workers'] or 1} | {run['scores']['dsc']:.4f} | "
+            f"{p50:.0f} | {p95:.0f} | {p99:.0f} | {max(run['latency_ms']):.0f} | "
+            f"{run['misses']}/{len(run['latency_ms'])} | {100 * run['fresh_share']:.1f} % "
+            f"| {oldest} frames |"
+        )
 
 
 def summary_rows(runs: list[dict]) -> list[dict]:
@@ -138,14 +160,22 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         group = [r for r in runs if r["budget_s"] == budget]
         latency = np.concatenate([r["latency_ms"] for r in group])
         p50, p95, p99 = np.percentile(latency, [50, 95, 99])
-        rows.append({
-            "budget_s": budget,
-            "dsc": float(np.mean([r["scores"]["dsc"] for r in group])),
-            "centre_distance_mm": float(np.mean([r["scores"]["centre_distance_mm"] for r in group])),
-            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": float(latency.max()),
-            "misses": sum(r["misses"] for r in group), "frames": int(latency.size),
-            "fallback_share": sum(r["fallbacks"] for r in group) / latency.size,
-        })  # fmt: skip
+        rows.append(
+            {
+                "budget_s": budget,
+                "dsc": float(np.mean([r["scores"]["dsc"] for r in group])),
+                "centre_distance_mm": float(
+                    np.mean([r["scores"]["centre_distance_mm"] for r in group])
+                ),
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "p99_ms": p99,
+                "max_ms": float(latency.max()),
+                "misses": sum(r["misses"] for r in group),
+                "frames": int(latency.size),
+                "fallback_share": sum(r["fallbacks"] for r in group) / latency.size,
+            }
+        )
     return rows
 
 
@@ -154,10 +184,12 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         budget = "unlimited" if row["budget_s"] is None else f"{row['budget_s']:g} s"
-        print(f"| {budget} | {row['dsc']:.4f} | {row['centre_distance_mm']:.3f} | "
-              f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | "
-              f"{row['max_ms']:.0f} | {row['misses']}/{row['frames']} | "
-              f"{100 * row['fallback_share']:.0f} % |")  # fmt: skip
+        print(
+            f"| {budget} | {row['dsc']:.4f} | {row['centre_distance_mm']:.3f} | "
+            f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | "
+            f"{row['max_ms']:.0f} | {row['misses']}/{row['frames']} | "
+            f"{100 * row['fallback_share']:.0f} % |"
+        )
 
 
 def main(argv=None) -> int:
@@ -190,15 +222,24 @@ def main(argv=None) -> int:
         for budget in budgets:
             run = run_case(name, budget, args.frames)
             runs.append(run)
-            print(f"{name:22s} budget {budget!s:>5}: DSC {run['scores']['dsc']:.4f} "
-                  f"p99 {np.percentile(run['latency_ms'], 99):.0f} ms, misses {run['misses']}, "
-                  f"fallbacks {run['fallbacks']}", flush=True)  # fmt: skip
+            print(
+                f"{name:22s} budget {budget!s:>5}: DSC {run['scores']['dsc']:.4f} "
+                f"p99 {np.percentile(run['latency_ms'], 99):.0f} ms, misses {run['misses']}, "
+                f"fallbacks {run['fallbacks']}",
+                flush=True,
+            )
     rows = summary_rows(runs) if runs else []
     if rows:
         print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "budget", "machine": machine(), "cases": cases, "summary": rows,
-              "runs": runs, "real": real_runs}  # fmt: skip
+    report = {
+        "benchmark": "budget",
+        "machine": machine(),
+        "cases": cases,
+        "summary": rows,
+        "runs": runs,
+        "real": real_runs,
+    }
     args.out.write_text(json.dumps(report, indent=1, default=float))
     print(f"results: {args.out}")
     if runs:

@@ -75,8 +75,9 @@ def write_cases(folder: Path, n_frames: int) -> Path:
     from regtrack.phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
 
     for name in CASES:
-        write_phantom_case(generate_phantom(BENCHMARK_SPECS[name], n_frames=n_frames),
-                           folder / "data")  # fmt: skip
+        write_phantom_case(
+            generate_phantom(BENCHMARK_SPECS[name], n_frames=n_frames), folder / "data"
+        )
     spec = folder / "sweep.toml"
     spec.write_text(SPEC)
     return spec
@@ -101,10 +102,13 @@ def executing_tasks(dask_worker) -> list[str]:
 def cluster(n_workers: int, itk_threads: int):
     from distributed import LocalCluster
 
-    env = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(itk_threads),
-           "OMP_NUM_THREADS": str(itk_threads)}  # fmt: skip
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                        dashboard_address=":0", env=env)  # fmt: skip
+    env = {
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(itk_threads),
+        "OMP_NUM_THREADS": str(itk_threads),
+    }
+    return LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0", env=env
+    )
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -125,14 +129,17 @@ def timed_sweep(spec: Path, out: Path, n_workers: int, itk_threads: int) -> dict
         warm = client.run(warm_up)
         ready = time.perf_counter()
         load = load_average()
-        summary = run_sweep(spec, out, client=client, threads_per_task=itk_threads,
-                            progress=False)  # fmt: skip
+        summary = run_sweep(spec, out, client=client, threads_per_task=itk_threads, progress=False)
         sweep_s = time.perf_counter() - ready
     rows = read_rows(out)
     return {
-        "workers": n_workers, "itk_threads_per_task": itk_threads, "sweep_s": sweep_s,
-        "end_to_end_s": time.perf_counter() - started, "warm_up_s": sorted(warm.values()),
-        "tasks": summary.total, "failed": summary.failed,
+        "workers": n_workers,
+        "itk_threads_per_task": itk_threads,
+        "sweep_s": sweep_s,
+        "end_to_end_s": time.perf_counter() - started,
+        "warm_up_s": sorted(warm.values()),
+        "tasks": summary.total,
+        "failed": summary.failed,
         "task_s_mean": float(np.mean([r["task_s"] for r in rows])),
         "s_per_frame_mean": float(np.mean([r["s_per_frame"] for r in rows if r["s_per_frame"]])),
         "cpu_per_wall": float(sum(r["cpu_s"] for r in rows) / sum(r["task_s"] for r in rows)),
@@ -140,7 +147,7 @@ def timed_sweep(spec: Path, out: Path, n_workers: int, itk_threads: int) -> dict
         "task_s_sum": float(sum(r["task_s"] for r in rows)),
         "itk_threads_seen": sorted({r["itk_threads"] for r in rows if r["itk_threads"]}),
         "load_average_at_start": load,
-    }  # fmt: skip
+    }
 
 
 def killed_worker_sweep(spec: Path, out: Path) -> dict:
@@ -152,8 +159,11 @@ def killed_worker_sweep(spec: Path, out: Path) -> dict:
     result: dict = {}
     with cluster(2, 1) as local, Client(local) as client:
         client.run(warm_up)
-        runner = threading.Thread(target=lambda: result.update(summary=run_sweep(
-            spec, out, client=client, threads_per_task=1, progress=False)))  # fmt: skip
+        runner = threading.Thread(
+            target=lambda: result.update(
+                summary=run_sweep(spec, out, client=client, threads_per_task=1, progress=False)
+            )
+        )
         runner.start()
         killed = _kill_a_busy_worker(client, out)
         runner.join()
@@ -161,20 +171,29 @@ def killed_worker_sweep(spec: Path, out: Path) -> dict:
     with sqlite3.connect(out / "results.sqlite") as connection:
         n_rows, n_keys = connection.execute(
             "SELECT COUNT(*), COUNT(DISTINCT case_name || '/' || setting_id || '/' || repeat) "
-            "FROM results").fetchone()  # fmt: skip
+            "FROM results"
+        ).fetchone()
     expected = {t.key for t in _spec_tasks(spec)}
-    retried = sorted((r["case_name"], r["setting_id"], r["repeat"]) for r in rows
-                     if r["attempts"] > 1)  # fmt: skip
+    retried = sorted(
+        (r["case_name"], r["setting_id"], r["repeat"]) for r in rows if r["attempts"] > 1
+    )
     lost = sorted(_task_of(key) for key in killed["executing"])
     checks = {
         "every_row_exactly_once": n_rows == n_keys == len(expected)
         and {(r["case_name"], r["setting_id"], r["repeat"]) for r in rows} == expected,
         "all_ok": all(r["status"] == "ok" for r in rows),
         "lost_tasks_retried": bool(lost) and set(lost) <= set(retried),
-    }  # fmt: skip
-    return {**killed, "rows": n_rows, "expected_rows": len(expected), "lost_tasks": lost,
-            "retried_tasks": retried, "checks": checks, "passed": all(checks.values()),
-            "sweep_s": result["summary"].seconds}  # fmt: skip
+    }
+    return {
+        **killed,
+        "rows": n_rows,
+        "expected_rows": len(expected),
+        "lost_tasks": lost,
+        "retried_tasks": retried,
+        "checks": checks,
+        "passed": all(checks.values()),
+        "sweep_s": result["summary"].seconds,
+    }
 
 
 def _kill_a_busy_worker(client, out: Path) -> dict:
@@ -194,8 +213,12 @@ def _kill_a_busy_worker(client, out: Path) -> dict:
             pid = client.run(os.getpid, workers=[address])[address]
             os.kill(pid, signal.SIGKILL)
             print(f"killed worker {address} (pid {pid}) while it ran {busy[address]}", flush=True)
-            return {"killed_worker": address, "killed_pid": pid, "executing": busy[address],
-                    "rows_before_kill": _count(database)}  # fmt: skip
+            return {
+                "killed_worker": address,
+                "killed_pid": pid,
+                "executing": busy[address],
+                "rows_before_kill": _count(database),
+            }
     raise RuntimeError("no worker was busy after 3 rows; nothing to kill")
 
 
@@ -220,17 +243,22 @@ def summarise(name: str, trials: list[dict]) -> dict:
     """One configuration over all its trials (none dropped): times, totals, pooled ratios."""
     times = [t["sweep_s"] for t in trials]
     return {
-        "config": name, "workers": trials[0]["workers"],
-        "itk_threads_per_task": trials[0]["itk_threads_per_task"], "trials": trials,
-        "sweep_s_trials": times, "sweep_s_total": float(sum(times)),
+        "config": name,
+        "workers": trials[0]["workers"],
+        "itk_threads_per_task": trials[0]["itk_threads_per_task"],
+        "trials": trials,
+        "sweep_s_trials": times,
+        "sweep_s_total": float(sum(times)),
         "sweep_s_median": float(np.median(times)),
         "end_to_end_s_median": float(np.median([t["end_to_end_s"] for t in trials])),
-        "task_s_mean": float(sum(t["task_s_sum"] for t in trials)
-                             / sum(t["tasks"] for t in trials)),
+        "task_s_mean": float(
+            sum(t["task_s_sum"] for t in trials) / sum(t["tasks"] for t in trials)
+        ),
         "s_per_frame_mean": float(np.mean([t["s_per_frame_mean"] for t in trials])),
-        "cpu_per_wall": float(sum(t["cpu_s_sum"] for t in trials)
-                              / sum(t["task_s_sum"] for t in trials)),
-    }  # fmt: skip
+        "cpu_per_wall": float(
+            sum(t["cpu_s_sum"] for t in trials) / sum(t["task_s_sum"] for t in trials)
+        ),
+    }
 
 
 def all_pair_speedups(scaling: list[dict]) -> dict:
@@ -242,20 +270,28 @@ def all_pair_speedups(scaling: list[dict]) -> dict:
     also recomputes an older JSON.
     """
     base = scaling[0]["sweep_s_trials"]
-    definition = ("time(1 worker, 1 ITK thread) / time(configuration), over all interleaved "
-                  "trial pairs; total = sum / sum")  # fmt: skip
-    out: dict = {"definition": definition, "base": _config_name(scaling[0]),
-                 "pairs": len(base), "configs": {}}  # fmt: skip
+    definition = (
+        "time(1 worker, 1 ITK thread) / time(configuration), over all interleaved "
+        "trial pairs; total = sum / sum"
+    )
+    out: dict = {
+        "definition": definition,
+        "base": _config_name(scaling[0]),
+        "pairs": len(base),
+        "configs": {},
+    }
     for run in scaling[1:]:
         times = run["sweep_s_trials"]
         if len(times) != len(base):
             raise ValueError(f"{_config_name(run)}: {len(times)} trials against {len(base)}")
         ratios = [b / t for b, t in zip(base, times, strict=True)]
         out["configs"][_config_name(run)] = {
-            "total": float(sum(base) / sum(times)), "ratios": ratios,
-            "median": float(np.median(ratios)), "min": float(min(ratios)),
+            "total": float(sum(base) / sum(times)),
+            "ratios": ratios,
+            "median": float(np.median(ratios)),
+            "min": float(min(ratios)),
             "max": float(max(ratios)),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -264,14 +300,19 @@ def _config_name(run: dict) -> str:
 
 
 def format_scaling(runs: list[dict], speedup: dict) -> str:
-    header = ("| workers | ITK threads/task | sweep s, each trial | sweep s, total | s/task | "
-              "s/frame | CPU s per wall s | speedup, total | speedup per pair, median (min-max) |")  # fmt: skip
+    header = (
+        "| workers | ITK threads/task | sweep s, each trial | sweep s, total | s/task | "
+        "s/frame | CPU s per wall s | speedup, total | speedup per pair, median (min-max) |"
+    )
     lines = [header, "|---" * 9 + "|"]
     for run in runs:
         pair = speedup["configs"].get(_config_name(run))
         each = ", ".join(f"{t:.1f}" for t in run["sweep_s_trials"])
-        ratio = (f"{pair['total']:.2f}x | {pair['median']:.2f}x ({pair['min']:.2f}-"
-                 f"{pair['max']:.2f}x)" if pair else "1.00x | 1.00x")  # fmt: skip
+        ratio = (
+            f"{pair['total']:.2f}x | {pair['median']:.2f}x ({pair['min']:.2f}-{pair['max']:.2f}x)"
+            if pair
+            else "1.00x | 1.00x"
+        )
         lines.append(
             f"| {run['workers']} | {run['itk_threads_per_task']} | {each} | "
             f"{run['sweep_s_total']:.1f} | {run['task_s_mean']:.2f} | "
@@ -296,7 +337,7 @@ def recompute(path: Path) -> dict:
             "configuration) was removed. The other figures of each scaling row (sweep_s, "
             "end_to_end_s, task_s_mean, s_per_frame_mean, cpu_per_wall) are still its fastest "
             "trial's: this run recorded only that trial in full."
-        )  # fmt: skip
+        )
     path.write_text(json.dumps(report, indent=2, default=str))
     return speedup
 
@@ -308,9 +349,11 @@ def main(argv=None) -> int:
     if args.recompute:
         speedup = recompute(args.recompute)
         for name, pair in speedup["configs"].items():
-            print(f"{name} vs {speedup['base']}: total {pair['total']:.2f}x, per pair median "
-                  f"{pair['median']:.2f}x ({pair['min']:.2f}-{pair['max']:.2f}x) over "
-                  f"{speedup['pairs']} pairs")  # fmt: skip
+            print(
+                f"{name} vs {speedup['base']}: total {pair['total']:.2f}x, per pair median "
+                f"{pair['median']:.2f}x ({pair['min']:.2f}-{pair['max']:.2f}x) over "
+                f"{speedup['pairs']} pairs"
+            )
         print(f"written: {args.recompute}")
         return 0
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="regtrack-sweep-"))
@@ -331,14 +374,24 @@ def main(argv=None) -> int:
     ranking = rank_settings(read_rows(work / "two_workers_t0"))
     print("\n" + format_ranking(ranking))
     recovery = killed_worker_sweep(spec, work / "killed_worker")
-    print(f"\nkilled worker: {recovery['rows']} rows of {recovery['expected_rows']}, lost "
-          f"{recovery['lost_tasks']}, retried {recovery['retried_tasks']}; checks "
-          f"{recovery['checks']}")  # fmt: skip
+    print(
+        f"\nkilled worker: {recovery['rows']} rows of {recovery['expected_rows']}, lost "
+        f"{recovery['lost_tasks']}, retried {recovery['retried_tasks']}; checks "
+        f"{recovery['checks']}"
+    )
     report = {
-        "benchmark": "sweep", "machine": machine(), "cases": list(CASES),
-        "frames": args.frames, "spec": SPEC, "trials": args.trials, "scaling": runs, "speedup": speedup,
-        "recovery": recovery, "ranking": ranking, "load_average_at_end": load_average(),
-    }  # fmt: skip
+        "benchmark": "sweep",
+        "machine": machine(),
+        "cases": list(CASES),
+        "frames": args.frames,
+        "spec": SPEC,
+        "trials": args.trials,
+        "scaling": runs,
+        "speedup": speedup,
+        "recovery": recovery,
+        "ranking": ranking,
+        "load_average_at_end": load_average(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"written: {args.out}")
@@ -352,13 +405,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=30, help="frames per case")
     parser.add_argument("--trials", type=int, default=1, help="timed runs per configuration")
     parser.add_argument("--keep", help="work folder to keep (default: a temporary one)")
-    parser.add_argument("--skip-threads", action="store_true",
-                        help="skip the 1 worker x 2 ITK threads run")  # fmt: skip
-    parser.add_argument("--recompute", type=Path, metavar="JSON",
-                        help="recompute the speedups of an existing sweep JSON over all its "
-                             "trial pairs and write them into it; runs nothing")  # fmt: skip
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "sweep.json")  # fmt: skip
+    parser.add_argument(
+        "--skip-threads", action="store_true", help="skip the 1 worker x 2 ITK threads run"
+    )
+    parser.add_argument(
+        "--recompute",
+        type=Path,
+        metavar="JSON",
+        help="recompute the speedups of an existing sweep JSON over all its "
+        "trial pairs and write them into it; runs nothing",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "sweep.json"
+    )
     return parser
 
 

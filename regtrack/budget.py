@@ -80,10 +80,12 @@ def scaled_maps(parameter_maps, schedule: Schedule):
     work = 0
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
         parameter_map = dict(parameter_maps.GetParameterMap(index))
-        iterations = _scale(parameter_map.get("MaximumNumberOfIterations", ("500",)),
-                            schedule.iterations, 1)  # fmt: skip
-        samples = _scale(parameter_map.get("NumberOfSpatialSamples", ("5000",)),
-                         schedule.samples, _MIN_SAMPLES)  # fmt: skip
+        iterations = _scale(
+            parameter_map.get("MaximumNumberOfIterations", ("500",)), schedule.iterations, 1
+        )
+        samples = _scale(
+            parameter_map.get("NumberOfSpatialSamples", ("5000",)), schedule.samples, _MIN_SAMPLES
+        )
         parameter_map["MaximumNumberOfIterations"] = tuple(str(v) for v in iterations)
         if "NumberOfSpatialSamples" in parameter_map:
             parameter_map["NumberOfSpatialSamples"] = tuple(str(v) for v in samples)

@@ -1449,20 +1449,28 @@ class SemiSyntheticSpec:
         checks = [
             (int(self.n_frames) >= 2, f"n_frames must be >= 2, got {self.n_frames}"),
             (self.frame_rate_hz > 0, f"frame_rate_hz must be > 0, got {self.frame_rate_hz}"),
-            (self.breathing_period_s >= 0.5,
-             f"breathing_period_s must be >= 0.5, got {self.breathing_period_s}"),
-            (len(self.breathing_direction) == 2 and any(self.breathing_direction),
-             f"breathing_direction must be a non-zero (row, col), got {self.breathing_direction}"),
+            (
+                self.breathing_period_s >= 0.5,
+                f"breathing_period_s must be >= 0.5, got {self.breathing_period_s}",
+            ),
+            (
+                len(self.breathing_direction) == 2 and any(self.breathing_direction),
+                f"breathing_direction must be a non-zero (row, col), got {self.breathing_direction}",
+            ),
             (len(self.jump_mm) == 2, f"jump_mm must be (row, col), got {self.jump_mm}"),
-            (self.jump_frame is None or 0 <= self.jump_frame < self.n_frames,
-             f"jump_frame must be in [0, n_frames), got {self.jump_frame}"),
+            (
+                self.jump_frame is None or 0 <= self.jump_frame < self.n_frames,
+                f"jump_frame must be in [0, n_frames), got {self.jump_frame}",
+            ),
             (self.jump_frames >= 1, f"jump_frames must be >= 1, got {self.jump_frames}"),
-            (self.window_sigma_mm >= 20.0,
-             f"window_sigma_mm must be >= 20 (inf for a translation), got {self.window_sigma_mm}"),
+            (
+                self.window_sigma_mm >= 20.0,
+                f"window_sigma_mm must be >= 20 (inf for a translation), got {self.window_sigma_mm}",
+            ),
             (self.deformation_mm >= 0, f"deformation_mm must be >= 0, got {self.deformation_mm}"),
             (self.snr > 0, f"snr must be > 0 (inf for no noise), got {self.snr}"),
             (self.bias_strength >= 0, f"bias_strength must be >= 0, got {self.bias_strength}"),
-        ]  # fmt: skip
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"SemiSyntheticSpec: {message}")
@@ -1554,15 +1562,19 @@ def generate_semisynthetic(
             for c in coords
         ]
     )
-    warped = np.stack([ndimage.map_coordinates(frame, c, order=3, mode="nearest")
-                       for c in coords])  # fmt: skip
+    warped = np.stack([ndimage.map_coordinates(frame, c, order=3, mode="nearest") for c in coords])
     frames = _semi_appearance(warped, frame, spec, rngs[2])
     info = {"jump_frame": jump_frame, "min_jacobian": _field_min_jacobian(field_mm, spacing)}
     return SemiSyntheticCase(
-        spec=spec, frames=frames, masks=masks.astype(np.uint8), displacement_mm=field_mm,
-        target_shift_mm=shift_mm, spacing_mm=tuple(float(v) for v in spacing),
-        scanned_region=scanned_region, info=info,
-    )  # fmt: skip
+        spec=spec,
+        frames=frames,
+        masks=masks.astype(np.uint8),
+        displacement_mm=field_mm,
+        target_shift_mm=shift_mm,
+        spacing_mm=tuple(float(v) for v in spacing),
+        scanned_region=scanned_region,
+        info=info,
+    )
 
 
 def semisynthetic_from_case(
@@ -1585,9 +1597,13 @@ def semisynthetic_from_case(
 
     case = read_case(path)
     semi = generate_semisynthetic(
-        np.asarray(case.frames[0], dtype=np.float32), case.first_mask, spec,
-        spacing_mm=case.spacing_mm, scanned_region=case.scanned_region, **overrides,
-    )  # fmt: skip
+        np.asarray(case.frames[0], dtype=np.float32),
+        case.first_mask,
+        spec,
+        spacing_mm=case.spacing_mm,
+        scanned_region=case.scanned_region,
+        **overrides,
+    )
     semi.info["source"] = f"{case.name} frame 0"
     return semi
 
@@ -1701,8 +1717,9 @@ def _semi_appearance(
     foreground = source > 0.1 * float(source.max())
     level = float(source[foreground].mean()) if foreground.any() else float(source.mean())
     sigma = 0.0 if math.isinf(spec.snr) else level / spec.snr
-    bias_a, bias_b = (spec.bias_strength * _noise_field(shape, 0.3 * min(shape), rng)
-                      for _ in range(2))  # fmt: skip
+    bias_a, bias_b = (
+        spec.bias_strength * _noise_field(shape, 0.3 * min(shape), rng) for _ in range(2)
+    )
     change = np.linspace(0.0, 1.0, n)
     frames = np.empty(warped.shape, dtype=np.float32)
     for t in range(n):

@@ -139,12 +139,13 @@ class _ProcessWorker:
 
         pdeathsig = threading.current_thread() is threading.main_thread()
         self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_process_start, initargs=(os.getpid(), pdeathsig, threads),
-        )  # fmt: skip
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_process_start,
+            initargs=(os.getpid(), pdeathsig, threads),
+        )
         # built as a task, not in the initializer: a bad preset raises its own error
-        self.built = self._pool.submit(_process_build, frame0, mask0, settings, spacing_mm,
-                                       threads)  # fmt: skip
+        self.built = self._pool.submit(_process_build, frame0, mask0, settings, spacing_mm, threads)
 
     @property
     def works(self) -> dict:
@@ -360,8 +361,9 @@ class RealtimeTracker:
         if self._slots and (calibrate if calibrate is not None else budgeted):
             self._calibrate(frame0, mask0)
         step_sizes = getattr(self._slots[0].worker, "step_sizes", None) if self._slots else None
-        return FrameResult(index=0, mask=mask0, source="given", step_sizes=step_sizes or None,
-                           answered_by=0)  # fmt: skip
+        return FrameResult(
+            index=0, mask=mask0, source="given", step_sizes=step_sizes or None, answered_by=0
+        )
 
     def _new_worker(self):
         if self.worker_kind == "process":
@@ -427,9 +429,12 @@ class RealtimeTracker:
                 job.future.result()
                 slot.job = None
                 self._observe(job)
-        logger.info("cost model calibrated on %d worker(s): full schedule %.0f ms, smallest "
-                    "%.0f ms", self.workers, self.predict_ms(LADDER[0]),
-                    self.predict_ms(LADDER[-1]))  # fmt: skip
+        logger.info(
+            "cost model calibrated on %d worker(s): full schedule %.0f ms, smallest %.0f ms",
+            self.workers,
+            self.predict_ms(LADDER[0]),
+            self.predict_ms(LADDER[-1]),
+        )
 
     def predict_ms(self, schedule) -> float:
         """Predicted milliseconds for one frame with ``schedule`` (margin included)."""
@@ -497,8 +502,9 @@ class RealtimeTracker:
         if pending and pending[0].deadline is not None:
             times.append(pending[0].deadline - now - self._margin_s())
         timeout = max(0.0, min(times)) if times else None
-        running = [slot.job.future for slot in self._slots
-                   if slot.job and not slot.job.future.done()]  # fmt: skip
+        running = [
+            slot.job.future for slot in self._slots if slot.job and not slot.job.future.done()
+        ]
         self._timed_wait(running, timeout)
 
     def _timed_wait(self, futures, timeout: float | None) -> None:
@@ -555,8 +561,7 @@ class RealtimeTracker:
         start, start_index = self._starting_mask(pending.sam, index)
         pending.schedule = self._choose(pending.deadline, arrival, slot)
         pending.slot = slot
-        pending.job = self._submit(slot, frame, start, index, pending.schedule,
-                                   index - start_index)  # fmt: skip
+        pending.job = self._submit(slot, frame, start, index, pending.schedule, index - start_index)
         return pending
 
     def _resolve(self, pending: _Pending) -> FrameResult | None:
@@ -573,8 +578,10 @@ class RealtimeTracker:
             job.answered = True  # runs on; _collect takes it in when it finishes
             meant = pending.deadline - self._margin_s()
             self._collect()  # an earlier frame's registration may have finished meanwhile
-            late = (f"deadline: registration ({pending.schedule.name}) not done within "
-                    f"{pending.budget_ms:.0f} ms")  # fmt: skip
+            late = (
+                f"deadline: registration ({pending.schedule.name}) not done within "
+                f"{pending.budget_ms:.0f} ms"
+            )
             answer = self._fallback(index, late, sam, job.start_age, **timing)
             self._lateness.append(max(0.0, time.perf_counter() - meant))
             return answer
@@ -592,8 +599,9 @@ class RealtimeTracker:
 
     def _submit(self, slot, frame, start, index, schedule: Schedule, start_age: int) -> _Job:
         submitted = time.perf_counter()
-        future = slot.worker.submit(frame, start, index, schedule=schedule,
-                                    return_fields=self.return_fields)  # fmt: skip
+        future = slot.worker.submit(
+            frame, start, index, schedule=schedule, return_fields=self.return_fields
+        )
         slot.job = _Job(index, future, submitted, slot.worker.works[schedule], start_age)
         future.add_done_callback(lambda _, job=slot.job: _mark_finished(job))
         return slot.job
@@ -601,8 +609,11 @@ class RealtimeTracker:
     def _collect(self) -> None:
         """Take in every finished registration, oldest frame first: each moves the starting
         point forward unless a newer answer already has; a failed worker is replaced."""
-        done = [slot for slot in self._slots
-                if slot.job and slot.job.answered and slot.job.future.done()]  # fmt: skip
+        done = [
+            slot
+            for slot in self._slots
+            if slot.job and slot.job.answered and slot.job.future.done()
+        ]
         for slot in sorted(done, key=lambda slot: slot.job.index):
             job, slot.job = slot.job, None
             error = job.future.exception()
@@ -621,8 +632,11 @@ class RealtimeTracker:
             for slot in self._slots:
                 if slot.job is None and slot.ready():
                     return slot
-            waitable = [slot.job.future if slot.job else slot.worker.built
-                        for slot in self._slots if slot.job is None or slot.job.answered]  # fmt: skip
+            waitable = [
+                slot.job.future if slot.job else slot.worker.built
+                for slot in self._slots
+                if slot.job is None or slot.job.answered
+            ]
             wait = self._seconds_left(deadline)
             if wait is not None and self.cost:
                 wait = max(0.0, wait - self.predict_ms(LADDER[-1]) / 1e3)
@@ -673,12 +687,18 @@ class RealtimeTracker:
             next_arrival = arrival + interval
             next_ms = max(0.0, next_arrival - time.perf_counter()) * 1e3
             free = any(
-                other is not slot and other.ready()
+                other is not slot
+                and other.ready()
                 and (other.job is None or other.job.predicted_end(self.cost) <= next_arrival)
                 for other in self._slots
-            )  # fmt: skip
-        return choose_schedule(self._ms_left(deadline), slot.worker.works, self.cost,
-                               next_frame_ms=next_ms, free_for_next=free)  # fmt: skip
+            )
+        return choose_schedule(
+            self._ms_left(deadline),
+            slot.worker.works,
+            self.cost,
+            next_frame_ms=next_ms,
+            free_for_next=free,
+        )
 
     def _starting_mask(self, sam, index: int) -> tuple[np.ndarray, int]:
         """Where the registration starts, and from which frame: SAM's mask of this frame,
@@ -686,8 +706,9 @@ class RealtimeTracker:
         into the neighbours); else the newest finished answer."""
         if sam is None or not sam.mask.any():
             return self._previous, self._previous_index
-        jump = np.linalg.norm(centroid_mm(sam.mask, self.spacing_mm)
-                              - centroid_mm(self._previous, self.spacing_mm))  # fmt: skip
+        jump = np.linalg.norm(
+            centroid_mm(sam.mask, self.spacing_mm) - centroid_mm(self._previous, self.spacing_mm)
+        )
         ratio = sam.mask.sum() / self._previous.sum()
         plausible = self.settings.min_area_ratio <= ratio <= self.settings.max_area_ratio
         if plausible and jump <= self.settings.max_jump_mm:
@@ -703,9 +724,13 @@ class RealtimeTracker:
         keep = not reason
         if keep:
             keep, reason = hybrid_decision(
-                result.mask, sam.mask, self._previous, self.spacing_mm,
-                max_jump_mm=self.settings.max_jump_mm, agree_mm=self.settings.agree_mm,
-            )  # fmt: skip
+                result.mask,
+                sam.mask,
+                self._previous,
+                self.spacing_mm,
+                max_jump_mm=self.settings.max_jump_mm,
+                agree_mm=self.settings.agree_mm,
+            )
         if not keep and sam.mask.any():
             return self._take_sam(result.index, sam, reason, result.start_age, **timing)
         self._metrics.append(result.metric_value)
@@ -724,9 +749,16 @@ class RealtimeTracker:
         return replace(result, budget_ms=budget_ms, latency_ms=latency_ms)
 
     def _take_sam(self, index: int, sam, reason: str, start_age: int = -1, **timing):
-        result = FrameResult(index=index, mask=sam.mask, source="sam", reason=reason,
-                             sam_score=sam.score, gate="sam" if reason else "",
-                             elapsed_ms=sam.ms, start_age=start_age)  # fmt: skip
+        result = FrameResult(
+            index=index,
+            mask=sam.mask,
+            source="sam",
+            reason=reason,
+            sam_score=sam.score,
+            gate="sam" if reason else "",
+            elapsed_ms=sam.ms,
+            start_age=start_age,
+        )
         if sam.mask.any():
             self._keep(sam.mask, index, -1)
         return self._answer(result, **timing)
@@ -736,10 +768,17 @@ class RealtimeTracker:
         newest finished answer."""
         if sam is not None and sam.mask.any():
             return self._take_sam(index, sam, reason, start_age, **timing)
-        logger.info("frame %d answered with frame %d's answer: %s", index,
-                    self._previous_index, reason)  # fmt: skip
-        result = FrameResult(index=index, mask=self._previous, source="previous", reason=reason,
-                             answered_by=self._previous_by, start_age=start_age)  # fmt: skip
+        logger.info(
+            "frame %d answered with frame %d's answer: %s", index, self._previous_index, reason
+        )
+        result = FrameResult(
+            index=index,
+            mask=self._previous,
+            source="previous",
+            reason=reason,
+            answered_by=self._previous_by,
+            start_age=start_age,
+        )
         return self._answer(result, **timing)
 
 

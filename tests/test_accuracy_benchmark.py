@@ -103,8 +103,15 @@ def test_ranks_and_agreement_with_the_real_case():
 
 def _write_case(directory: Path, name: str) -> Path:
     frames, labels = _shifted_sequence(n=5)
-    return write_trackrad_case(directory, name, frames, labels[0], labels=labels,
-                               frame_rate_hz=8.0, scanned_region="abdomen")  # fmt: skip
+    return write_trackrad_case(
+        directory,
+        name,
+        frames,
+        labels[0],
+        labels=labels,
+        frame_rate_hz=8.0,
+        scanned_region="abdomen",
+    )
 
 
 def test_case_folders_are_found_in_a_folder_of_cases_or_as_one_case(tmp_path):
@@ -117,20 +124,36 @@ def test_case_folders_are_found_in_a_folder_of_cases_or_as_one_case(tmp_path):
 def test_one_run_scores_real_semi_synthetic_and_phantom_cases(tmp_path, capsys, monkeypatch):
     from regtrack.phantom import PhantomSpec
 
-    tiny = PhantomSpec(name="tiny", n_frames=3, shape=(96, 96), tumour_radius_mm=8.0,
-                       minmax_scale=True)  # fmt: skip
+    tiny = PhantomSpec(
+        name="tiny", n_frames=3, shape=(96, 96), tumour_radius_mm=8.0, minmax_scale=True
+    )
     monkeypatch.setattr(accuracy, "phantom_sets", lambda: {"small": {"tiny": tiny}})
     _write_case(tmp_path / "cases", "A_001")
     out = tmp_path / "accuracy.json"
-    argv = ["--cases-dir", str(tmp_path / "cases"), "--semi", "--cases", "small",
-            "--max-frames", "3", "--method", "copy_first_mask", "--method", "dis_flow",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "--cases-dir",
+        str(tmp_path / "cases"),
+        "--semi",
+        "--cases",
+        "small",
+        "--max-frames",
+        "3",
+        "--method",
+        "copy_first_mask",
+        "--method",
+        "dis_flow",
+        "--out",
+        str(out),
+    ]
     assert accuracy.main(argv) == 0
     report = json.loads(out.read_text())
     kinds = report["kinds"]
     assert kinds["A_001"] == "real"
     assert sorted(k for k, v in kinds.items() if v == "semi-synthetic") == [
-        "A_001_semi_breath", "A_001_semi_breath_jump", "A_001_semi_jump_deform"]  # fmt: skip
+        "A_001_semi_breath",
+        "A_001_semi_breath_jump",
+        "A_001_semi_jump_deform",
+    ]
     assert [k for k, v in kinds.items() if v == "phantom"] == ["tiny"]
     for by_method in report["results"].values():
         assert set(by_method) == {"copy_first_mask", "dis_flow"}

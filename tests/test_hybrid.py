@@ -57,8 +57,9 @@ class StandInRegistration:
 
         def register():
             time.sleep(self.delays.get(index, 0.0))
-            return FrameResult(index=index, mask=mask, source=source, reason=reason,
-                               metric_value=metric)  # fmt: skip
+            return FrameResult(
+                index=index, mask=mask, source=source, reason=reason, metric_value=metric
+            )
 
         return self._pool.submit(register)
 
@@ -78,24 +79,28 @@ def run(answers, sam_masks, *, delays=None, budget_s=None, n=None):
 
 def test_failed_registration_is_answered_by_sam():
     sam = {1: square((32, 30))}
-    results, _ = run({1: (square((30, 30)), "previous", "elastix failed: too few samples", -0.9)},
-                     sam, n=2)  # fmt: skip
+    results, _ = run(
+        {1: (square((30, 30)), "previous", "elastix failed: too few samples", -0.9)}, sam, n=2
+    )
     assert results[0].source == "sam" and "elastix failed" in results[0].reason
     assert np.array_equal(results[0].mask, sam[1])
 
 
 def test_deadline_is_answered_by_sam_on_time():
     sam = {1: square((32, 30))}
-    results, _ = run({1: (square((32, 30)), "registration", "", -0.9)}, sam, n=2,
-                     delays={1: 0.5}, budget_s=0.05)  # fmt: skip
+    results, _ = run(
+        {1: (square((32, 30)), "registration", "", -0.9)}, sam, n=2, delays={1: 0.5}, budget_s=0.05
+    )
     assert results[0].source == "sam" and results[0].reason.startswith("deadline")
     assert results[0].latency_ms < 400
 
 
 def test_sam_jumping_to_a_look_alike_keeps_registration_and_does_not_steer_it():
     sam = {1: square((32, 31)), 2: square((55, 30))}  # frame 2: SAM jumps 23 mm away
-    answers = {1: (square((32, 31)), "registration", "", -0.9),
-               2: (square((33, 31)), "registration", "", -0.9)}  # fmt: skip
+    answers = {
+        1: (square((32, 31)), "registration", "", -0.9),
+        2: (square((33, 31)), "registration", "", -0.9),
+    }
     results, registration = run(answers, sam, n=3)
     assert [r.source for r in results] == ["registration", "registration"]
     assert np.array_equal(registration.started_from[1], sam[1])  # SAM initialised frame 1
@@ -113,8 +118,9 @@ def test_registration_running_away_is_replaced_by_sam():
 def test_metric_far_worse_than_its_history_hands_the_frame_to_sam():
     n = 9
     sam = {i: square((30, 30)) for i in range(1, n)}
-    answers = {i: (square((30, 30)), "registration", "", -0.95 + 0.002 * (i % 3))
-               for i in range(1, n)}  # fmt: skip
+    answers = {
+        i: (square((30, 30)), "registration", "", -0.95 + 0.002 * (i % 3)) for i in range(1, n)
+    }
     answers[n - 1] = (square((30, 30)), "registration", "", -0.4)
     results, _ = run(answers, sam, n=n)
     assert all(r.source == "registration" for r in results[:-1])
@@ -160,8 +166,19 @@ def test_cli_sam_method_with_a_missing_checkpoint_fails_clearly(tmp_path, transl
     frames, masks = translated([(0, 0), (1, 0)])
     case = write_trackrad_case(tmp_path, "c", frames, masks[0])
     missing = tmp_path / "nope.pt"
-    code = main(["track", str(case), "--out", str(tmp_path / "o"), "--method", "sam",
-                 "--sam-checkpoint", str(missing), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "track",
+            str(case),
+            "--out",
+            str(tmp_path / "o"),
+            "--method",
+            "sam",
+            "--sam-checkpoint",
+            str(missing),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "nope.pt" in capsys.readouterr().err
 

@@ -288,8 +288,14 @@ def test_minmax_scale_maps_each_frame_to_0_255():
 
 
 def test_low_texture_gives_smoother_organs_and_the_same_motion():
-    plain = {"n_frames": 3, "shape": (128, 128), "snr": np.inf, "bias_strength": 0.0,
-             "intensity_drift": 0.0, "seed": 9}  # fmt: skip
+    plain = {
+        "n_frames": 3,
+        "shape": (128, 128),
+        "snr": np.inf,
+        "bias_strength": 0.0,
+        "intensity_drift": 0.0,
+        "seed": 9,
+    }
     rich, smooth = generate_phantom(**plain), generate_phantom(**plain, texture=0.2)
     np.testing.assert_array_equal(rich.displacement_mm, smooth.displacement_mm)
     np.testing.assert_array_equal(rich.masks, smooth.masks)
@@ -304,9 +310,14 @@ def test_low_texture_gives_smoother_organs_and_the_same_motion():
 
 
 def test_realistic_jump_case_moves_the_target_by_the_specified_jump():
-    spec = dataclasses.replace(REALISTIC_SPECS["mr_abdomen_jump"], n_frames=24,
-                               baseline_shift_frame=6, breathing_amplitude_mm=0.5,
-                               drift_mm=0.0, through_plane=0.0)  # fmt: skip
+    spec = dataclasses.replace(
+        REALISTIC_SPECS["mr_abdomen_jump"],
+        n_frames=24,
+        baseline_shift_frame=6,
+        breathing_amplitude_mm=0.5,
+        drift_mm=0.0,
+        through_plane=0.0,
+    )
     case = generate_phantom(spec)
     assert case.frames.max() == 255.0 and case.frames.min() == 0.0
     moved = case.centroids_mm[-1] - case.centroids_mm[0]
@@ -328,15 +339,22 @@ def _fake_real_frame(shape=(96, 96), seed=0) -> tuple[np.ndarray, np.ndarray]:
     return (frame + 60.0 * mask).astype(np.float32), mask
 
 
-STILL = {"breathing_amplitude_mm": 0.0, "deformation_mm": 0.0, "snr": np.inf,
-         "bias_strength": 0.0}  # fmt: skip
+STILL = {"breathing_amplitude_mm": 0.0, "deformation_mm": 0.0, "snr": np.inf, "bias_strength": 0.0}
 
 
 def test_semisynthetic_translation_reproduces_the_warp_exactly():
     frame, mask = _fake_real_frame()
-    case = generate_semisynthetic(frame, mask, n_frames=10, jump_mm=(6.0, -4.0), jump_frame=3,
-                                  jump_frames=2, window_sigma_mm=np.inf, minmax_scale=False,
-                                  **STILL)  # fmt: skip
+    case = generate_semisynthetic(
+        frame,
+        mask,
+        n_frames=10,
+        jump_mm=(6.0, -4.0),
+        jump_frame=3,
+        jump_frames=2,
+        window_sigma_mm=np.inf,
+        minmax_scale=False,
+        **STILL,
+    )
     for t in (6, 9):
         np.testing.assert_array_equal(case.masks[t], np.roll(mask, (6, -4), axis=(0, 1)))
         expected = np.roll(frame, (6, -4), axis=(0, 1))
@@ -347,9 +365,17 @@ def test_semisynthetic_translation_reproduces_the_warp_exactly():
 
 def test_semisynthetic_masks_move_by_the_target_shift_and_frames_are_minmax_scaled():
     frame, mask = _fake_real_frame()
-    case = generate_semisynthetic(frame, mask, n_frames=16, breathing_amplitude_mm=6.0,
-                                  jump_mm=(-10.0, 8.0), jump_frame=6, deformation_mm=0.0,
-                                  snr=20.0, seed=3)  # fmt: skip
+    case = generate_semisynthetic(
+        frame,
+        mask,
+        n_frames=16,
+        breathing_amplitude_mm=6.0,
+        jump_mm=(-10.0, 8.0),
+        jump_frame=6,
+        deformation_mm=0.0,
+        snr=20.0,
+        seed=3,
+    )
     centres = np.array([ndimage.center_of_mass(m) for m in case.masks])
     np.testing.assert_allclose(centres - centres[0], case.target_shift_mm, atol=0.5)
     assert np.abs(case.target_shift_mm[-1] - case.target_shift_mm[5]).max() > 8.0
@@ -362,9 +388,16 @@ def test_semisynthetic_masks_move_by_the_target_shift_and_frames_are_minmax_scal
 
 def test_semisynthetic_frames_follow_the_pullback_field():
     frame, mask = _fake_real_frame()
-    case = generate_semisynthetic(frame, mask, n_frames=8, jump_mm=(5.0, 3.0), jump_frame=2,
-                                  window_sigma_mm=25.0, minmax_scale=False,
-                                  **{**STILL, "deformation_mm": 3.0})  # fmt: skip
+    case = generate_semisynthetic(
+        frame,
+        mask,
+        n_frames=8,
+        jump_mm=(5.0, 3.0),
+        jump_frame=2,
+        window_sigma_mm=25.0,
+        minmax_scale=False,
+        **{**STILL, "deformation_mm": 3.0},
+    )
     rows, cols = np.indices(frame.shape, dtype=np.float64)
     u = case.displacement_mm[-1].astype(np.float64)
     coords = [rows - u[..., 0], cols - u[..., 1]]
@@ -380,8 +413,9 @@ def test_semisynthetic_from_case_reads_frame0_and_first_label_from_the_folder(tm
     other = np.random.default_rng(5).random((3, *frame.shape)).astype(np.float32)
     frames = np.concatenate([frame[None], 1000.0 * other])
     labels = np.stack([mask] * 4).astype(np.uint8)
-    folder = write_trackrad_case(tmp_path, "X_001", frames, mask.astype(np.uint8),
-                                 labels=labels, scanned_region="abdomen")  # fmt: skip
+    folder = write_trackrad_case(
+        tmp_path, "X_001", frames, mask.astype(np.uint8), labels=labels, scanned_region="abdomen"
+    )
     spec = dataclasses.replace(SEMI_SYNTHETIC_SPECS["semi_breath_jump"], n_frames=6, jump_frame=2)
     case = semisynthetic_from_case(folder, spec)
     direct = generate_semisynthetic(frame, mask, spec)

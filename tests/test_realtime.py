@@ -38,8 +38,9 @@ class StandInWorker:
             time.sleep(self.delays.get(index, 0.0))
             mask = np.zeros(self.frame_shape, bool)
             mask[index, :] = True  # row `index`: tells the answers apart
-            return FrameResult(index=index, mask=mask, source="registration",
-                               schedule=schedule.name)  # fmt: skip
+            return FrameResult(
+                index=index, mask=mask, source="registration", schedule=schedule.name
+            )
 
         return self._pool.submit(register)
 
@@ -116,8 +117,7 @@ def test_realtime_and_trackrad_commands(tmp_path, jump_sequence, capsys):
     frames, masks = jump_sequence
     case = write_trackrad_case(tmp_path, "case", frames, masks[0], masks, frame_rate_hz=8.0)
     out = tmp_path / "rt"
-    assert main(["realtime", str(case), "--out", str(out), "--budget", "0.5",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["realtime", str(case), "--out", str(out), "--budget", "0.5", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "deadline misses" in printed and "latency p50" in printed
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
@@ -132,9 +132,21 @@ def test_realtime_and_trackrad_commands(tmp_path, jump_sequence, capsys):
         container / "input" / "images" / "mri-linacs" / "seq.mha"
     )
     (case / "targets" / "case_first_label.mha").rename(
-        container / "input" / "images" / "mri-linac-target" / "mask.mha")  # fmt: skip
-    assert main(["trackrad", "--input", str(container / "input"),
-                 "--output", str(container / "output"), "--no-progress"]) == 0  # fmt: skip
+        container / "input" / "images" / "mri-linac-target" / "mask.mha"
+    )
+    assert (
+        main(
+            [
+                "trackrad",
+                "--input",
+                str(container / "input"),
+                "--output",
+                str(container / "output"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     output = container / "output" / "images" / "mri-linac-series-targets" / "output.mha"
     predicted = read_mask_sequence(output, time_axis=loaded.geometry.time_axis)
     assert predicted.shape == masks.shape

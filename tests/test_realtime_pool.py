@@ -259,8 +259,9 @@ def test_worker_processes_die_with_a_killed_parent(tmp_path):
         time.sleep(600)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE,
-                               text=True, env=env)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         pids = [int(pid) for pid in process.stdout.readline().split()]
         assert len(pids) == 2 and all(_alive(pid) for pid in pids)
