@@ -340,17 +340,26 @@ class Engine:
             )
         except RegistrationError as error:
             return _fallback(previous, str(error), start, **common)
-        points = mapped_points(registration.transform_parameters, frame.shape, self.spacing_mm)
+        # The mask can only land near where the target was (the ROI); the whole frame is
+        # mapped only when a field is wanted.
+        whole = (slice(None), slice(None))
+        area = whole if self.check_folds or return_fields else (box or whole)
+        points = mapped_points(
+            registration.transform_parameters, frame.shape, self.spacing_mm, box=area
+        )
         refined = False
         if points is not None and self.settings.refine_flow:
             near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
-            refinement = refine_points(frame, self.frame0, points, near, self.spacing_mm)
-            points, refined = refinement.points, refinement.accepted
-        mask = (
-            warp_mask(self.first_mask, registration)
-            if points is None
-            else warp_mask_to(self.first_mask, points, self.spacing_mm)
-        )
+            local = _within(near, area)
+            refinement = refine_points(
+                frame[near], self.frame0, points[:, local[0], local[1]], self.spacing_mm
+            )
+            points[:, local[0], local[1]], refined = refinement.points, refinement.accepted
+        if points is None:
+            mask = warp_mask(self.first_mask, registration)
+        else:
+            mask = np.zeros(frame.shape, bool)
+            mask[area] = warp_mask_to(self.first_mask, points, self.spacing_mm)
         folds, field_mm = 0.0, None
         if self.check_folds or return_fields:
             field_mm = (
@@ -359,7 +368,7 @@ class Engine:
                 else _field_from_points(points, self.spacing_mm)
             )
             region = np.zeros(mask.shape, bool)
-            region[box or (slice(None), slice(None))] = True
+            region[box or whole] = True
             folds = folded_fraction(field_mm, self.spacing_mm, region) if self.check_folds else 0
         reason = registration_gate(
             mask, registration.metric_value, int(previous.sum()), self.settings, folds
@@ -448,6 +457,14 @@ def _estimates_step_sizes(parameter_map) -> bool:
     optimizer = parameter_map.get("Optimizer", ("",))[0]
     automatic = parameter_map.get("AutomaticParameterEstimation", ("false",))[0]
     return optimizer == "AdaptiveStochasticGradientDescent" and automatic == "true"
+
+
+def _within(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[slice, slice]:
+    """``inner`` (frame slices) as slices of the ``outer`` part of the frame."""
+    return tuple(
+        slice((i.start or 0) - (o.start or 0), (i.stop - (o.start or 0)) if i.stop else None)
+        for i, o in zip(inner, outer, strict=True)
+    )
 
 
 def _field_from_points(points: np.ndarray, spacing_mm) -> np.ndarray:

@@ -26,46 +26,43 @@ _FLATTEN_PX = 10.0
 class Refinement:
     """The refined map and the similarity check that decided it."""
 
-    points: np.ndarray  # (2, H, W) frame-0 positions in mm, refined inside the box
+    points: np.ndarray  # (2, h, w) frame-0 positions in mm (refined when accepted)
     accepted: bool
     ncc_before: float
     ncc_after: float
 
 
-def refine_points(frame, frame0, points, box, spacing_mm, region=None) -> Refinement:
-    """Correct the frame-0 positions ``points`` of frame t's pixels inside ``box`` by flow.
+def refine_points(frame, frame0, points, spacing_mm, region=None) -> Refinement:
+    """Correct the frame-0 positions ``points`` of a part of frame t by optical flow.
 
     Parameters
     ----------
-    frame, frame0 : ndarray, shape (H, W)
-        Frame t (fixed) and frame 0 (moving).
-    points : ndarray, shape (2, H, W)
-        Where each pixel of frame t lands in frame 0 (mm, (row, col)), from the registration.
-    box : (slice, slice)
-        The part of frame t to refine (the target's neighbourhood).
+    frame : ndarray, shape (h, w)
+        The part of frame t (fixed) to refine: the target's neighbourhood.
+    frame0 : ndarray, shape (H, W)
+        Frame 0 (moving), whole.
+    points : ndarray, shape (2, h, w)
+        Where each pixel of that part lands in frame 0 (mm, (row, col)), from the registration.
     spacing_mm : (float, float)
-    region : ndarray of bool, shape (H, W), optional
-        Where the similarity check compares (default: the whole box).
+    region : ndarray of bool, shape (h, w), optional
+        Where the similarity check compares (default: the whole part).
     """
     import cv2
 
     spacing = np.asarray(spacing_mm, dtype=float)[:, None, None]
-    inside = points[:, box[0], box[1]]
-    before = ndimage.map_coordinates(frame0, inside / spacing, order=1, mode="nearest")
-    target = np.ascontiguousarray(frame[box], dtype=np.float32)
+    before = ndimage.map_coordinates(frame0, points / spacing, order=1, mode="nearest")
+    target = np.ascontiguousarray(frame, dtype=np.float32)
     flow_xy = _flow(cv2, _to_uint8(_flatten(target)), _to_uint8(_flatten(before)))
     rows, cols = np.indices(target.shape, dtype=np.float32)
     at = np.stack([rows + flow_xy[..., 1], cols + flow_xy[..., 0]])
-    refined_inside = np.stack(
-        [ndimage.map_coordinates(inside[k], at, order=1, mode="nearest") for k in range(2)]
+    refined = np.stack(
+        [ndimage.map_coordinates(points[k], at, order=1, mode="nearest") for k in range(2)]
     )
-    after = ndimage.map_coordinates(frame0, refined_inside / spacing, order=1, mode="nearest")
-    check = np.ones(target.shape, bool) if region is None else region[box]
+    after = ndimage.map_coordinates(frame0, refined / spacing, order=1, mode="nearest")
+    check = np.ones(target.shape, bool) if region is None else region
     ncc_before, ncc_after = _ncc(target, before, check), _ncc(target, after, check)
     if not ncc_after > ncc_before:
         return Refinement(points, False, ncc_before, ncc_after)
-    refined = points.copy()
-    refined[:, box[0], box[1]] = refined_inside
     return Refinement(refined, True, ncc_before, ncc_after)
 
 

@@ -19,8 +19,8 @@ import numpy as np
 __all__ = ["mapped_points"]
 
 
-def mapped_points(parameter_maps, shape, spacing_mm) -> np.ndarray | None:
-    """Frame-0 positions (mm, (row, col)) of every pixel of a (H, W) fixed image at origin 0.
+def mapped_points(parameter_maps, shape, spacing_mm, box=None) -> np.ndarray | None:
+    """Frame-0 positions (mm, (row, col)) of the pixels of a (H, W) fixed image at origin 0.
 
     Parameters
     ----------
@@ -29,15 +29,18 @@ def mapped_points(parameter_maps, shape, spacing_mm) -> np.ndarray | None:
     shape : (int, int)
     spacing_mm : (float, float)
         (row, col).
+    box : (slice, slice), optional
+        Only the pixels in these (row, col) slices (the part of the frame that matters).
 
     Returns
     -------
-    ndarray of float64, shape (2, H, W), or None when the chain holds a transform this
-    module does not evaluate.
+    ndarray of float64, shape (2, H, W) (or the box's shape), or None when the chain holds a
+    transform this module does not evaluate.
     """
     maps = _as_dicts(parameter_maps)
-    rows = np.arange(shape[0]) * float(spacing_mm[0])
-    cols = np.arange(shape[1]) * float(spacing_mm[1])
+    box = box or (slice(None), slice(None))
+    rows = np.arange(shape[0])[box[0]] * float(spacing_mm[0])
+    cols = np.arange(shape[1])[box[1]] * float(spacing_mm[1])
     # Translations keep the grid separable: points stay (row offset + rows, col offset + cols)
     # until a B-spline moves them; row/col then hold full (H, W) arrays.
     points: list = [rows, cols]

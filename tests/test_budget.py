@@ -25,7 +25,8 @@ def test_no_budget_and_infinity_mean_unlimited():
 
 
 def test_scaled_maps_scale_iterations_and_samples_and_count_the_work():
-    maps = load_parameter_maps("bspline_ncc")  # 3 levels x 60 iterations, 1000 samples
+    maps = load_parameter_maps("bspline_ncc", {"MaximumNumberOfIterations": [60, 60, 60]})
+    assert dict(maps.GetParameterMap(0))["NumberOfSpatialSamples"] == ("1000",)
     _, full_work = scaled_maps(maps, Schedule(1.0, 1.0))
     half, half_work = scaled_maps(maps, Schedule(0.5, 0.25))
     assert full_work == 3 * 60 * 1000

@@ -111,22 +111,20 @@ def test_flow_refinement_recovers_a_residual_subpixel_shift():
 
     shift = (1.4, -0.8)  # frame t(x) = frame 0(x + shift): a residual the registration left
     frame_t = ndimage.map_coordinates(canvas, [rows + 20 + shift[0], cols + 20 + shift[1]], order=3)
-    identity = np.stack([rows, cols])
-    box = (slice(20, 100), slice(20, 100))
-    refinement = refine_points(frame_t, frame0, identity, box, (1.0, 1.0))
+    identity = np.stack([rows, cols])[:, 20:100, 20:100]
+    refinement = refine_points(frame_t[20:100, 20:100], frame0, identity, (1.0, 1.0))
     assert refinement.accepted and refinement.ncc_after > refinement.ncc_before
-    found = (refinement.points - identity)[:, 35:85, 35:85].reshape(2, -1).mean(axis=1)
+    found = (refinement.points - identity)[:, 15:65, 15:65].reshape(2, -1).mean(axis=1)
     np.testing.assert_allclose(found, shift, atol=0.15)
-    outside = (refinement.points - identity)[:, :10, :10]
-    assert np.all(outside == 0)
 
 
 def test_flow_refinement_leaves_an_exact_map_alone():
     frame0 = textured_canvas(120, seed=4)
     rows, cols = np.indices(frame0.shape, dtype=float)
     identity = np.stack([rows, cols])
-    refinement = refine_points(frame0, frame0, identity, (slice(10, 110), slice(10, 110)), (1, 1))
-    assert np.abs(refinement.points - identity).max() < 0.05
+    part = (slice(10, 110), slice(10, 110))
+    refinement = refine_points(frame0[part], frame0, identity[:, part[0], part[1]], (1, 1))
+    assert np.abs(refinement.points - identity[:, part[0], part[1]]).max() < 0.05
 
 
 @pytest.mark.slow
