@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from .budget import LADDER, Schedule, check_budget, scaled_maps
 from .checks import check_tracker_settings, has_signal
@@ -30,11 +29,13 @@ from .features import (
     uses_native_impact,
 )
 from .gate import centroid_mm, folded_fraction, registration_gate
+from .intensity import flatten_intensity
 from .parameters import DEFAULT_PRESET, load_parameter_maps
 from .refine import refine_points
 from .registration import (
     RegistrationError,
     displacement_field,
+    field_from_points,
     register_pair,
     warp_mask,
     warp_mask_to,
@@ -196,28 +197,6 @@ class FrameResult:
         return values
 
 
-def flatten_intensity(frame: np.ndarray, sigma_mm: float, spacing_mm) -> np.ndarray:
-    """Divide a frame by its Gaussian-smoothed copy: a smooth multiplicative bias cancels.
-
-    Parameters
-    ----------
-    frame : ndarray, shape (H, W)
-    sigma_mm : float
-        Scale of the smoothing; 0 returns the frame unchanged.
-    spacing_mm : (float, float)
-
-    Returns
-    -------
-    ndarray of float32, shape (H, W)
-    """
-    if sigma_mm <= 0:
-        return frame
-    sigma_px = [sigma_mm / float(s) for s in spacing_mm]
-    low = ndimage.gaussian_filter(frame.astype(np.float64), sigma_px, mode="nearest")
-    floor = 1e-3 * float(np.abs(low).mean()) + 1e-12  # background stays finite
-    return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=np.float32)
-
-
 def _roi_box(mask: np.ndarray, margin_mm: float, spacing_mm) -> tuple[slice, slice]:
     """The mask's bounding box grown by ``margin_mm`` on every side, clipped to the frame."""
     margin = np.ceil(margin_mm / np.asarray(spacing_mm)).astype(int)
@@ -365,7 +344,7 @@ class Engine:
             field_mm = (
                 displacement_field(registration)
                 if points is None
-                else _field_from_points(points, self.spacing_mm)
+                else field_from_points(points, self.spacing_mm)
             )
             region = np.zeros(mask.shape, bool)
             region[box or whole] = True
@@ -465,12 +444,6 @@ def _within(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[sli
         slice((i.start or 0) - (o.start or 0), (i.stop - (o.start or 0)) if i.stop else None)
         for i, o in zip(inner, outer, strict=True)
     )
-
-
-def _field_from_points(points: np.ndarray, spacing_mm) -> np.ndarray:
-    """u(x) = T(x) - x, (H, W, 2) float32 mm, from the mapped points (2, H, W)."""
-    grid = np.indices(points.shape[1:], dtype=float) * np.asarray(spacing_mm, float)[:, None, None]
-    return np.ascontiguousarray(np.moveaxis(points - grid, 0, -1), dtype=np.float32)
 
 
 def _fallback(previous, reason: str, start: float, **common) -> FrameResult:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .intensity import flatten_intensity
+
 __all__ = ["Refinement", "refine_points"]
 
 _FLOW_PRESET = "MEDIUM"
 _WINDOW_PX = 9
-_FLATTEN_PX = 10.0
+_FLATTEN_PX = 10.0  # smoothing of the flattening, in pixels (given as mm at 1 mm spacing)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,12 @@ def refine_points(frame, frame0, points, spacing_mm, region=None) -> Refinement:
     spacing = np.asarray(spacing_mm, dtype=float)[:, None, None]
     before = ndimage.map_coordinates(frame0, points / spacing, order=1, mode="nearest")
     target = np.ascontiguousarray(frame, dtype=np.float32)
-    flow_xy = _flow(cv2, _to_uint8(_flatten(target)), _to_uint8(_flatten(before)))
+    # Flattened: the motion left is small, so removing the large scales costs nothing here,
+    # and a bias field that moves with the coil, not the anatomy, goes.
+    flat_target, flat_before = (
+        flatten_intensity(x, _FLATTEN_PX, (1.0, 1.0), np.float64) for x in (target, before)
+    )
+    flow_xy = _flow(cv2, _to_uint8(flat_target), _to_uint8(flat_before))
     rows, cols = np.indices(target.shape, dtype=np.float32)
     at = np.stack([rows + flow_xy[..., 1], cols + flow_xy[..., 0]])
     refined = np.stack(
@@ -70,13 +77,6 @@ def _flow(cv2, frame_t: np.ndarray, frame_0: np.ndarray) -> np.ndarray:
     """DIS flow (H, W, 2) in pixels (x, y): frame_t(p) ~ frame_0(p + flow(p))."""
     dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{_FLOW_PRESET}"))
     return dis.calc(frame_t, frame_0, None)
-
-
-def _flatten(image: np.ndarray) -> np.ndarray:
-    """Divide by a smoothed copy: the motion left is small, so removing the large scales
-    costs nothing here, and a bias field that moves with the coil, not the anatomy, goes."""
-    low = ndimage.gaussian_filter(image.astype(np.float64), _FLATTEN_PX, mode="nearest")
-    return image / np.maximum(np.abs(low), 1e-3 * float(np.abs(low).mean()) + 1e-12)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ __all__ = [
     "Registration",
     "RegistrationError",
     "displacement_field",
+    "field_from_points",
     "register_pair",
     "to_itk_image",
     "warp_mask",
@@ -331,11 +332,13 @@ def displacement_field(registration: Registration) -> np.ndarray:
     points = mapped_points(registration.transform_parameters, shape, spacing)
     if points is None:
         return _transformix_field(registration)
-    grid = np.stack(
-        np.meshgrid(
-            np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1], indexing="ij"
-        )
-    )
+    return field_from_points(points, spacing)
+
+
+def field_from_points(points: np.ndarray, spacing_mm) -> np.ndarray:
+    """u(x) = T(x) - x, (H, W, 2) float32 mm, from the mapped points (2, H, W) of a whole
+    frame (:func:`regtrack.transform.mapped_points`)."""
+    grid = np.indices(points.shape[1:], dtype=float) * np.asarray(spacing_mm, float)[:, None, None]
     return np.ascontiguousarray(np.moveaxis(points - grid, 0, -1), dtype=np.float32)
 
 
