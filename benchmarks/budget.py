@@ -78,11 +78,17 @@ def run_case(name: str, budget: float | None, n_frames: int | None) -> dict:
         "misses": int(sum(ms > budget * 1e3 for ms in latency)) if budget else 0,
         "registered": sum(r.source == "registration" for r in answered),
         "fallbacks": sum(r.source != "registration" for r in answered),
+        "fresh_share": float(np.mean([_fresh(r) for r in answered])),
         "schedules": {
             s: sum(r.schedule == s for r in answered)
             for s in sorted({r.schedule for r in answered})
         },
     }
+
+
+def _fresh(result) -> bool:
+    """Answered by its own registration (not the newest earlier one, nor a fallback)."""
+    return result.source == "registration" and result.answered_by == result.index
 
 
 def run_real_case(path: Path, budget: float | None, workers: int | None = None) -> dict:
@@ -110,7 +116,7 @@ def run_real_case(path: Path, budget: float | None, workers: int | None = None) 
     masks = np.stack([r.mask for r in results]).astype(np.uint8)
     answered = results[1:]
     latency = [r.latency_ms for r in answered]
-    fresh = [r.source == "registration" and r.answered_by == r.index for r in answered]
+    fresh = [_fresh(r) for r in answered]
     return {
         "case": case.name,
         "budget_s": budget,
@@ -174,21 +180,29 @@ def summary_rows(runs: list[dict]) -> list[dict]:
                 "misses": sum(r["misses"] for r in group),
                 "frames": int(latency.size),
                 "fallback_share": sum(r["fallbacks"] for r in group) / latency.size,
+                "fresh_share": float(
+                    np.average(
+                        [r.get("fresh_share", np.nan) for r in group],
+                        weights=[len(r["latency_ms"]) for r in group],
+                    )
+                ),
             }
         )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| budget | DSC | CD mm | p50 ms | p95 ms | p99 ms | max ms | misses | fallback |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| budget | DSC | CD mm | p50 ms | p95 ms | p99 ms | max ms | misses | fallback | fresh |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         budget = "unlimited" if row["budget_s"] is None else f"{row['budget_s']:g} s"
         print(
             f"| {budget} | {row['dsc']:.4f} | {row['centre_distance_mm']:.3f} | "
             f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | "
             f"{row['max_ms']:.0f} | {row['misses']}/{row['frames']} | "
-            f"{100 * row['fallback_share']:.0f} % |"
+            f"{100 * row['fallback_share']:.0f} % | {100 * row['fresh_share']:.0f} % |"
         )
 
 

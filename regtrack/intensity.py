@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["flatten_intensity"]
 
@@ -28,7 +27,17 @@ def flatten_intensity(
     """
     if sigma_mm <= 0:
         return frame
-    sigma_px = [sigma_mm / float(s) for s in spacing_mm]
-    low = ndimage.gaussian_filter(frame.astype(np.float64), sigma_px, mode="nearest")
+    import cv2
+
+    sigma_rows, sigma_cols = (sigma_mm / float(s) for s in spacing_mm)
+    # OpenCV's separable blur: scipy's gaussian_filter(mode="nearest") to rounding (the same
+    # 4-sigma kernel, edges repeated), at a few times its speed.
+    low = cv2.GaussianBlur(
+        frame.astype(np.float64),
+        (0, 0),
+        sigmaX=sigma_cols,
+        sigmaY=sigma_rows,
+        borderType=cv2.BORDER_REPLICATE,
+    )
     floor = 1e-3 * float(np.abs(low).mean()) + 1e-12  # background stays finite
     return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=dtype)

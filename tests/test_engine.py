@@ -1,8 +1,10 @@
 """The per-frame engine: calibrated step sizes, the numpy warp, the flow refinement."""
 
+import cv2
 import numpy as np
 import pytest
 from conftest import textured_canvas
+from scipy import ndimage
 
 from regtrack import engine as engine_module
 from regtrack.budget import LADDER
@@ -10,7 +12,7 @@ from regtrack.engine import Engine, TrackerSettings
 from regtrack.metrics import dice
 from regtrack.parameters import load_parameter_maps
 from regtrack.phantom import NAMED_SPECS, generate_phantom
-from regtrack.refine import refine_points
+from regtrack.refine import _sample, refine_points
 from regtrack.registration import (
     _transformix_field,
     _transformix_warp,
@@ -116,6 +118,33 @@ def test_flow_refinement_recovers_a_residual_subpixel_shift():
     assert refinement.accepted and refinement.ncc_after > refinement.ncc_before
     found = (refinement.points - identity)[:, 15:65, 15:65].reshape(2, -1).mean(axis=1)
     np.testing.assert_allclose(found, shift, atol=0.15)
+
+
+def test_refinement_samples_as_scipy_does():
+    """OpenCV's remap stands in for map_coordinates(order=1, mode="nearest"): equal to its
+    1/32-pixel rounding, edges included."""
+    image = textured_canvas(64, 1).astype(np.float32)
+    rng = np.random.default_rng(2)
+    at = rng.uniform(-3, 66, size=(2, 40, 30))
+    expected = ndimage.map_coordinates(image, at, order=1, mode="nearest")
+    found = _sample(cv2, image, at)
+    step = np.abs(np.diff(image, axis=0)).max() + np.abs(np.diff(image, axis=1)).max()
+    assert np.abs(found - expected).max() <= step / 32
+    assert np.abs(found - expected).mean() < step / 1000
+
+
+def test_engine_crops_frame_0_around_its_target_with_room_for_motion(translated):
+    frames, masks = translated([(0, 0), (4, 2)], shape=(160, 160))
+    settings = TrackerSettings()
+    engine = Engine.build(frames[0], masks[0], settings, (1.0, 1.0))
+    rows, cols = np.nonzero(masks[0])
+    margin = settings.roi_margin_mm + engine_module._MOVING_EXTRA_MM
+    box = engine.moving_box
+    assert box[0].start == max(rows.min() - margin, 0) and box[1].stop == min(
+        cols.max() + margin + 1, 160
+    )
+    whole = Engine.build(frames[0], masks[0], TrackerSettings(roi=False), (1.0, 1.0))
+    assert whole.moving_box is None
 
 
 def test_flow_refinement_leaves_an_exact_map_alone():
