@@ -13,6 +13,10 @@ each of --real-budget; "fresh" is the share of frames answered by their own regi
     python benchmarks/budget.py                              # all benchmark cases + real case
     python benchmarks/budget.py --case lung_slide --budget 0.1 --budget 0.25 --frames 40
     python benchmarks/budget.py --no-phantoms --real-budget 0.1 --real-budget 0.25
+    python benchmarks/budget.py --no-phantoms --ladder      # each schedule's cost and score
+
+--ladder runs the real case offline once per schedule of the ladder, with one elastix thread
+as a real-time worker has: what each rung costs and scores.
 """
 
 from __future__ import annotations
@@ -140,6 +144,53 @@ def run_real_case(path: Path, budget: float | None, workers: int | None = None) 
     }
 
 
+def run_ladder(path: Path) -> list[dict]:
+    """Offline, one schedule for every frame, one elastix thread (as in a real-time worker):
+    what each rung of the ladder costs and scores on the real case."""
+    import cv2
+    import itk
+
+    from regtrack.budget import LADDER
+    from regtrack.engine import Engine, TrackerSettings
+    from regtrack.io import read_case
+    from regtrack.metrics import evaluate_case
+
+    itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(1)
+    cv2.setNumThreads(1)
+    case = read_case(path)
+    frames, labels = np.asarray(case.frames), np.asarray(case.labels)
+    settings = TrackerSettings(overrides={"MaximumNumberOfThreads": 1})
+    engine = Engine.build(frames[0], case.first_mask, settings, case.spacing_mm)
+    rows = []
+    for schedule in LADDER:
+        masks, elapsed = [case.first_mask], []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for index in range(1, len(frames)):
+                start = time.perf_counter()
+                result = engine.track_frame(frames[index], masks[-1], index, schedule=schedule)
+                elapsed.append((time.perf_counter() - start) * 1e3)
+                masks.append(result.mask)
+        scores = evaluate_case(np.stack(masks).astype(np.uint8), labels)
+        rows.append(
+            {
+                "schedule": schedule.name,
+                "work": engine.works[schedule],
+                "dsc": scores["dsc"],
+                "centre_distance_mm": scores["centre_distance_mm"],
+                "p50_ms": float(np.median(elapsed)),
+                "p95_ms": float(np.percentile(elapsed, 95)),
+            }
+        )
+        print(
+            f"| {schedule.name} | {rows[-1]['work']} | {scores['dsc']:.4f} | "
+            f"{scores['centre_distance_mm']:.2f} | {rows[-1]['p50_ms']:.0f} | "
+            f"{rows[-1]['p95_ms']:.0f} |",
+            flush=True,
+        )
+    return rows
+
+
 def print_real_table(runs: list[dict], machine_name: str) -> None:
     print(f"\nreal case, streamed at its frame rate ({machine_name}):")
     print(
@@ -220,10 +271,16 @@ def main(argv=None) -> int:
     parser.add_argument("--real-budget", action="append", type=float, help="seconds (repeatable)")
     parser.add_argument("--workers", type=int, help="real case: worker processes (default: auto)")
     parser.add_argument("--no-phantoms", action="store_true", help="only the real case")
+    parser.add_argument(
+        "--ladder", action="store_true", help="real case: every schedule offline, one thread"
+    )
     args = parser.parse_args(argv)
     cases = [] if args.no_phantoms else args.case or list(BENCHMARK_SPECS)
     budgets = [None, *(args.budget or BUDGETS)]
-    real_runs = []
+    real_runs, ladder = [], []
+    if args.ladder and args.real.exists():
+        print("| schedule | work | DSC | CD mm | p50 ms | p95 ms |\n|---|---|---|---|---|---|")
+        ladder = run_ladder(args.real)
     if args.real.exists():
         for budget in [None, *(args.real_budget or REAL_BUDGETS)]:
             real_runs.append(run_real_case(args.real, budget, args.workers))
@@ -253,6 +310,7 @@ def main(argv=None) -> int:
         "summary": rows,
         "runs": runs,
         "real": real_runs,
+        "ladder": ladder,
     }
     args.out.write_text(json.dumps(report, indent=1, default=float))
     print(f"results: {args.out}")

@@ -113,7 +113,8 @@ def replay(
     yield from _drive(tracker, frames, first_mask, answers, start, previous_mask)
 
 
-def _streamed(tracker, frames, frame_rate_hz, first: int) -> Iterator[FrameResult]:
+def _streamed(tracker, frames, frame_rate_hz, _first: int) -> Iterator[FrameResult]:
+    # The stream starts at the tracker's own next index, which init() set to ``_first``.
     return tracker.stream(frames, frame_rate_hz=frame_rate_hz)
 
 
