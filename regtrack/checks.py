@@ -114,9 +114,10 @@ def check_tracker_settings(settings) -> None:
     """Raise ValueError on the first setting the tracker would misuse, before any work.
 
     Lengths and sigmas must be finite and >= 0 (> 0 where 0 means nothing), the preset must
-    exist and every elastix override must have a value of the right type and range.
+    exist and every elastix value, in an override or the preset's files, must be of the right
+    type and range.
     """
-    from .parameters import check_parameter_names, check_parameter_values, preset_files
+    from .parameters import check_parameter_names, check_parameter_values, check_preset_values
 
     for name, flag, zero_ok in _SIZES:
         value = getattr(settings, name, None)
@@ -127,9 +128,9 @@ def check_tracker_settings(settings) -> None:
             f"min_area_ratio ({settings.min_area_ratio}) must be below max_area_ratio "
             f"({settings.max_area_ratio})"
         )
-    preset_files(settings.preset)
     check_parameter_names(list(settings.overrides))
     check_parameter_values(settings.overrides)
+    check_preset_values(settings.preset, settings.overrides)
 
 
 def check_frame_rate(hz, name: str = "frame_rate_hz") -> float:

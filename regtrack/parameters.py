@@ -19,6 +19,7 @@ __all__ = [
     "available_presets",
     "check_parameter_names",
     "check_parameter_values",
+    "check_preset_values",
     "load_parameter_maps",
     "preset_files",
     "to_elastix_values",
@@ -293,6 +294,7 @@ def load_parameter_maps(
     overrides = dict(overrides or {})
     check_parameter_names(list(overrides))
     check_parameter_values(overrides)
+    check_preset_values(preset, overrides)
     parameter_object = itk.ParameterObject.New()
     for path in preset_files(preset):
         parameter_object.AddParameterFile(str(path))
@@ -404,6 +406,42 @@ def check_parameter_values(overrides: Mapping[str, Any]) -> None:
                     f"elastix parameter {name} takes {what}, got {text!r}; "
                     f"correct it in --set {name}=... or in the parameter file"
                 )
+
+
+def check_preset_values(preset, overrides: Mapping[str, Any] | None = None) -> None:
+    """:func:`check_parameter_values` on every value of the preset's parameter files that no
+    override replaces; a bad one raises ValueError naming the file (read without ITK, so
+    it fails before anything loads)."""
+    replaced = set(overrides or ())
+    for path in preset_files(preset):
+        values = {k: v for k, v in read_parameter_file(path).items() if k not in replaced}
+        try:
+            check_parameter_values(values)
+        except ValueError as error:
+            raise ValueError(f"parameter file {str(path)!r}: {error}") from None
+
+
+_PARAMETER_LINE = re.compile(r"^\s*\((\w+)((?:\s+(?:\"[^\"]*\"|[^\s\"()]+))*)\s*\)")
+_PARAMETER_VALUE = re.compile(r'"([^"]*)"|([^\s"]+)')
+
+
+def read_parameter_file(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """The ``(Name value ...)`` lines of an elastix parameter file, as elastix reads them:
+    name -> value strings (quotes removed); ``//`` comments and other lines are skipped.
+    A name given twice raises ValueError, as elastix refuses it."""
+    values = {}
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        match = _PARAMETER_LINE.match(line)
+        if not match:
+            continue
+        if match.group(1) in values:
+            raise ValueError(
+                f"parameter file {str(path)!r}: {match.group(1)} is given a second time on "
+                f"line {number}; elastix takes each parameter once. Keep one of the lines."
+            )
+        tokens = _PARAMETER_VALUE.findall(match.group(2))
+        values[match.group(1)] = tuple(quoted or bare for quoted, bare in tokens)
+    return values
 
 
 def _value_rule(name: str):
