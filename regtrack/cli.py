@@ -268,7 +268,7 @@ def _track(args) -> int:
         restart=args.restart,
         progress=not args.no_progress,
     )
-    print(run_summary(args.out / "frames.jsonl", settings.method))
+    print(run_summary(args.out / "frames.jsonl"))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
     _report_if_asked(args)
     return 0
@@ -285,13 +285,12 @@ def _checked_settings(args, out_dir: Path, output_file: Path | None):
     return settings
 
 
-def run_summary(records_path: Path, method: str = "registration") -> str:
+def run_summary(records_path: Path) -> str:
     """One line: frames answered, fallbacks, and the long runs of fallbacks, from frames.jsonl."""
-    from .runfolder import LONG_FALLBACK_FRAMES, NORMAL_SOURCES, fallback_runs, read_records
+    from .runfolder import LONG_FALLBACK_FRAMES, fallback_runs, read_records
 
     records = read_records(records_path)
-    normal = (*NORMAL_SOURCES, "sam") if method == "sam" else NORMAL_SOURCES
-    runs = fallback_runs(records, normal)
+    runs = fallback_runs(records)
     n_fallback = sum(length for _, length in runs)
     line = f"{len(records)} frames, {n_fallback} fallback answers"
     long_runs = [run for run in runs if run[1] >= LONG_FALLBACK_FRAMES]
@@ -352,7 +351,7 @@ def _realtime(args) -> int:
         progress=not args.no_progress,
     )
     print(latency_summary(args.out / "frames.jsonl", settings.budget_s))
-    print(run_summary(args.out / "frames.jsonl", settings.method))
+    print(run_summary(args.out / "frames.jsonl"))
     print(f"masks: {output}\nper-frame record: {args.out / 'frames.jsonl'}")
     _report_if_asked(args)
     return 0

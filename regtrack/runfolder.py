@@ -32,6 +32,7 @@ __all__ = [
     "file_fingerprint",
     "fingerprint_change",
     "hold_lock",
+    "is_fallback",
     "read_records",
 ]
 
@@ -39,7 +40,7 @@ __all__ = [
 FULL_HASH_BYTES = 64 * 2**20
 _SAMPLE_BLOCKS = 64
 _BLOCK_BYTES = 64 * 2**10
-#: Record sources that are a normal answer; any other source is a fallback.
+#: Record sources that are a normal answer; any other is a fallback (:func:`is_fallback`).
 NORMAL_SOURCES = ("given", "registration")
 #: Fallback runs at least this long are counted in a run's summary line.
 LONG_FALLBACK_FRAMES = 4
@@ -110,13 +111,21 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def fallback_runs(
-    records: list[dict], normal: tuple[str, ...] = NORMAL_SOURCES
-) -> list[tuple[int, int]]:
+def is_fallback(record: dict) -> bool:
+    """True when a frame's answer is not what its method answers normally: not the given mask,
+    an accepted registration, or the SAM2.1 tracker answering by choice (method "sam": source
+    "sam" with no reason; in hybrid mode SAM answers with the registration's reason)."""
+    source = record.get("source")
+    if source == "sam":
+        return bool(record.get("reason"))
+    return source not in NORMAL_SOURCES
+
+
+def fallback_runs(records: list[dict]) -> list[tuple[int, int]]:
     """(first frame, length) of each run of consecutive fallback answers, in order."""
     runs: list[tuple[int, int]] = []
     for record in records:
-        if record.get("source") in normal:
+        if not is_fallback(record):
             continue
         index = record["index"]
         if runs and runs[-1][0] + runs[-1][1] == index:

@@ -16,7 +16,7 @@ import pytest
 
 from regtrack import FrameResult, TrackerSettings
 from regtrack.budget import LADDER
-from regtrack.cli import main
+from regtrack.cli import main, run_summary
 from regtrack.io import read_case, write_trackrad_case
 from regtrack.metrics import evaluate_case
 from regtrack.phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
@@ -266,6 +266,23 @@ def test_optional_record_keys_reach_the_timeline(synthetic_run, tmp_path):
     assert on_page["fallback frames"] == "4" and on_page["gate rejections"] == "2"
     assert on_page["budget"] == "150 ms per frame, missed on 2 frames"
     assert on_page["schedules"] == "full on 3 frames; 50 % iterations, 50 % samples on 1 frame"
+
+
+def test_a_sam_only_run_is_not_a_run_of_fallbacks(synthetic_run, tmp_path):
+    """Method "sam": the tracker answers every frame by choice (no reason), which is its
+    normal answer; the same source with a reason (hybrid mode) is a fallback."""
+    source_dir, _ = synthetic_run
+    run_dir = tmp_path / "sam_run"
+    shutil.copytree(source_dir, run_dir)
+    masks = np.load(run_dir / "masks.partial.npy")
+    answers = [{"source": "given"}] + [{"source": "sam", "sam_score": 0.9}] * 6
+    answers.append({"source": "sam", "gate": "sam", "reason": "registration jumped 9 mm"})
+    _write_records(run_dir, masks, answers)
+    assert run_summary(run_dir / "frames.jsonl").startswith("8 frames, 1 fallback answers")
+    page = write_report(run_dir, out=tmp_path / "report")
+    facts = json.loads((page.parent / "summary.json").read_text())
+    assert facts["fallback_frames"] == 1 and facts["sam_ran"] is True
+    assert "SAM2.1 tracker" in page.read_text()
 
 
 def test_clean_run_shows_no_rejection_and_no_sam(tracked):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runfolder import NORMAL_SOURCES, RunFiles, read_records
+from ..runfolder import NORMAL_SOURCES, RunFiles, is_fallback, read_records
 
 __all__ = [
     "ANSWER_SOURCES",
@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 #: frames are answered by "registration", by the SAM2.1 tracker ("sam") or by the last good
 #: mask ("previous").
 SOURCES = ("given", "registration", "sam", "previous")
-#: Sources that are a normal answer; anything else ("previous", "sam") is a fallback the
-#: physicist should see.
+#: Sources that are a normal answer; "previous", and "sam" with a reason (hybrid mode), are
+#: fallbacks the physicist should see (:func:`regtrack.runfolder.is_fallback`).
 ANSWER_SOURCES = NORMAL_SOURCES
 #: How a record's ``reason`` begins when the registration ran out of time (the deadline came
 #: first, or the previous frame's registration still held the worker): a missed deadline,
@@ -249,11 +249,6 @@ def _spacing_from_output(run: RunData) -> None:
 
 
 # --------------------------------------------------------------------------- per frame
-
-
-def is_fallback(record: dict) -> bool:
-    """True when a frame's answer is not the given mask or an accepted registration."""
-    return record.get("source") not in ANSWER_SOURCES
 
 
 def missed_deadline(record: dict) -> bool:

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 SOURCE_COLOURS = {
     "given": (170, 130, 255),
     "registration": (255, 210, 30),
+    "sam": (255, 140, 0),  # the SAM2.1 tracker answering by choice (method "sam")
     "fallback": (255, 70, 70),
     "missing": (150, 150, 150),
 }
@@ -37,7 +38,8 @@ _BLOCK = 16  # H.264 wants frame sides divisible by 16
 
 
 def source_kind(record: dict | None) -> str:
-    """ "given", "registration", "fallback" or "missing" (frame not answered)."""
+    """ "given", "registration", "sam" (the SAM2.1 tracker by choice), "fallback" or "missing"
+    (frame not answered)."""
     if record is None:
         return "missing"
     return "fallback" if is_fallback(record) else str(record["source"])

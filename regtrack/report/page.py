@@ -273,7 +273,7 @@ def write_report(
         fact_rows=_fact_rows(run, facts),
         movie=facts["movie"],
         gif=movie.suffix == ".gif",
-        swatches=_swatches(facts["has_ground_truth"]),
+        swatches=_swatches(facts["has_ground_truth"], facts["sam_ran"]),
         figures=figures,
         metrics=_metrics_table(run.name, metrics, metrics_note),
         source_rows=sorted(facts["sources"].items(), key=lambda kv: -kv[1]),
@@ -287,16 +287,19 @@ def write_report(
     return index
 
 
-def _swatches(with_truth: bool) -> list[tuple[str, str]]:
+def _swatches(with_truth: bool, with_sam: bool) -> list[tuple[str, str]]:
     """Legend of the movie's colours, taken from the movie module so they cannot disagree."""
     from .movie import SOURCE_COLOURS, TRUTH_COLOUR
 
     labels = {
         "given": "given (frame 0)",
         "registration": "registration",
+        "sam": "SAM2.1 tracker",
         "fallback": "fallback",
         "missing": "not answered",
     }
+    if not with_sam:
+        del labels["sam"]
     rows = [(labels[k], _hex(SOURCE_COLOURS[k])) for k in labels]
     if with_truth:
         rows.append(("ground truth", _hex(TRUTH_COLOUR)))

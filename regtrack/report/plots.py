@@ -18,6 +18,7 @@ __all__ = ["PLOT_COLOURS", "png_bytes", "quality_figure", "trajectory_figure"]
 PLOT_COLOURS = {
     "given": "#7b52d6",
     "registration": "#1f77b4",
+    "sam": "#ff7f0e",
     "fallback": "#d62728",
     "missing": "#999999",
 }
@@ -153,7 +154,7 @@ def quality_figure(data: dict[str, Any], n_frames: int) -> Any:
     time, unit = data["time"], data["time_unit"]
     step = (time[1] - time[0]) if len(time) > 1 else 1.0
     span = (-0.5 * step, (n_frames - 0.5) * step)
-    kinds = np.array([_kind(s) for s in data["source"]])
+    kinds = np.where(data["fallback"], "fallback", np.array(data["source"], dtype=object))
     for ax, panel in zip(axes, panels):
         _QUALITY_PANELS[panel](ax, data, time, kinds)
         if len(time) < n_frames:  # interrupted run: the frames not answered, greyed
@@ -164,15 +165,11 @@ def quality_figure(data: dict[str, Any], n_frames: int) -> Any:
     return figure
 
 
-def _kind(source: str) -> str:
-    return source if source in ("given", "registration") else "fallback"
-
-
 def _dots(ax, time, values, kinds, label: str) -> None:
     """One value per frame, coloured by the kind of answer."""
     finite = np.isfinite(values)
     ax.plot(time[finite], values[finite], color="#cccccc", lw=0.8, zorder=1)
-    for kind in ("given", "registration", "fallback"):
+    for kind in ("given", "registration", "sam", "fallback"):
         pick = finite & (kinds == kind)
         if pick.any():
             ax.plot(
@@ -226,7 +223,7 @@ def _source_panel(ax, data, time, kinds) -> None:
     names = ["given", "registration"] + sorted({s for s in sources} - {"given", "registration"})
     level = {name: k for k, name in enumerate(names)}
     y = np.array([level[s] for s in sources])
-    for kind in ("given", "registration", "fallback"):
+    for kind in ("given", "registration", "sam", "fallback"):
         pick = kinds == kind
         if pick.any():
             ax.plot(time[pick], y[pick], "|", ms=10, mew=2, color=PLOT_COLOURS[kind])
