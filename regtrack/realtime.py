@@ -387,11 +387,13 @@ class RealtimeTracker:
     def _method_that_runs(self) -> str:
         """The settings' method, decided once: hybrid without a SAM2.1 checkpoint says so and
         runs registration alone for the whole run."""
+        method = self.settings.method
+        if method != "hybrid" or self._sam_tracker is not None:
+            return method  # (importing impact imports torch: seconds a registration run saves)
         from impact.sam2_hiera import CHECKPOINT_ENV_VAR
 
-        method = self.settings.method
         checkpoint = self.settings.sam_checkpoint or os.environ.get(CHECKPOINT_ENV_VAR)
-        if method == "hybrid" and self._sam_tracker is None and not checkpoint:
+        if not checkpoint:
             message = (
                 "hybrid mode has no SAM2.1 checkpoint (pass --sam-checkpoint or set "
                 f"{CHECKPOINT_ENV_VAR}); running registration alone"
