@@ -109,46 +109,22 @@ class CostModel:
     ``margin``), so a frame that runs slow now and then still fits: 0.9 lets about one frame
     in ten run over; the real-time tracker, whose answers should nearly all be fresh, uses
     0.98.
-
-    Calibration runs (``observe(..., calibration=True)``: a few schedules from the smallest
-    to the full one, timed on frame 0 before the sequence) fix the slope ``b``, what more
-    iterations and samples cost, over the whole ladder. Once ``min_own`` frames have been
-    answered, the fixed cost ``a`` and the spread follow the recent frames alone: frame 0's
-    runs are timed with all workers at once, slower than the steady state, and a sequence
-    often runs one schedule, from which no slope can be read.
     """
 
-    def __init__(
-        self, history: int = 64, margin: float = 1.15, quantile: float = 0.9, min_own: int = 8
-    ) -> None:
+    def __init__(self, history: int = 64, margin: float = 1.15, quantile: float = 0.9) -> None:
         self._observations: deque[tuple[float, float]] = deque(maxlen=history)
-        self._calibration: list[tuple[float, float]] = []
         self.margin = margin
         self.quantile = quantile
-        self.min_own = min_own
 
     def __len__(self) -> int:
-        return len(self._observations) + len(self._calibration)
+        return len(self._observations)
 
-    def observe(self, work: float, ms: float, *, calibration: bool = False) -> None:
+    def observe(self, work: float, ms: float) -> None:
         if math.isfinite(ms) and ms > 0:
-            (self._calibration if calibration else self._observations).append(
-                (float(work), float(ms))
-            )
+            self._observations.append((float(work), float(ms)))
 
-    def _points(self) -> np.ndarray:
-        """The measurements the fixed cost and the spread are read from."""
-        if len(self._observations) >= self.min_own or not self._calibration:
-            return np.array(self._observations)
-        return np.array([*self._calibration, *self._observations])
-
-    def _fit(self, points: np.ndarray) -> tuple[float, float]:
-        """(a, b): the slope from the calibration runs when they span several works, the
-        fixed cost from ``points``; without calibration, both from ``points``."""
-        if len(self._calibration) > 1 and np.ptp([w for w, _ in self._calibration]) > 0:
-            slope = max(float(np.polyfit(*np.array(self._calibration).T, 1)[0]), 0.0)
-            return max(float(np.median(points[:, 1] - slope * points[:, 0])), 0.0), slope
-        work, ms = points.T
+    def _fit(self) -> tuple[float, float]:
+        work, ms = np.array(self._observations).T
         if np.ptp(work) == 0:
             return 0.0, float(np.mean(ms) / max(work[0], 1.0))
         slope, intercept = np.polyfit(work, ms, 1)
@@ -158,12 +134,12 @@ class CostModel:
 
     def predict(self, work: float) -> float:
         """Predicted milliseconds, safety margin included (inf before any measurement)."""
-        if not len(self):
+        if not self._observations:
             return math.inf
-        points = self._points()
-        intercept, slope = self._fit(points)
-        fitted = intercept + slope * points[:, 0]
-        spread = np.quantile(points[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
+        intercept, slope = self._fit()
+        observed = np.array(self._observations)
+        fitted = intercept + slope * observed[:, 0]
+        spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
         return (intercept + slope * work) * max(self.margin, float(spread))
 
 

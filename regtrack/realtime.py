@@ -430,7 +430,7 @@ class RealtimeTracker:
             for slot, job in zip(self._slots, jobs, strict=True):
                 job.future.result()
                 slot.job = None
-                self._observe(job, calibration=True)
+                self._observe(job)
         logger.info(
             "cost model calibrated on %d worker(s): full schedule %.0f ms, smallest %.0f ms",
             self.workers,
@@ -666,10 +666,10 @@ class RealtimeTracker:
         slot.worker, slot.job = self._new_worker(), None
         return reason
 
-    def _observe(self, job: _Job, *, calibration: bool = False) -> None:
+    def _observe(self, job: _Job) -> None:
         """Learn the cost of a finished registration (submitted to result received)."""
         finished = job.finished if math.isfinite(job.finished) else time.perf_counter()
-        self.cost.observe(job.work, (finished - job.submitted) * 1e3, calibration=calibration)
+        self.cost.observe(job.work, (finished - job.submitted) * 1e3)
 
     def _interval_s(self) -> float | None:
         """Seconds between frames: given, or the median gap of the arrivals given to step."""

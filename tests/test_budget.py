@@ -44,22 +44,6 @@ def test_cost_model_recovers_a_linear_cost_and_adds_a_margin():
     assert math.isinf(CostModel().predict(1000))
 
 
-def test_calibration_sets_the_slope_and_the_frames_set_the_fixed_cost():
-    """Frame 0's runs (all workers at once) cost 100 ms more than the frames do; the frames
-    all run one schedule. The slope comes from the calibration, the fixed cost from the
-    frames once there are enough of them."""
-    cost = CostModel(margin=1.1, min_own=4)
-    for work in (1000, 10000, 100000):
-        cost.observe(work, 100.0 + 0.001 * work, calibration=True)
-    assert cost.predict(100000) == pytest.approx((100.0 + 100.0) * 1.1)
-    for _ in range(3):
-        cost.observe(1000, 40.0)
-    assert cost.predict(100000) > 150.0  # too few frames: the calibration still counts
-    cost.observe(1000, 40.0)
-    assert cost.predict(100000) == pytest.approx((39.0 + 100.0) * 1.1)
-    assert cost.predict(1000) == pytest.approx(40.0 * 1.1)
-
-
 def test_small_budget_gets_a_smaller_schedule_than_a_large_one():
     cost = CostModel()
     works = {s: 180_000 * s.iterations * s.samples for s in LADDER}
