@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..runfolder import NORMAL_SOURCES, RunFiles, is_fallback, read_records
+from ..runfolder import RunFiles, is_fallback, read_records
 
 __all__ = [
-    "ANSWER_SOURCES",
     "SOURCES",
     "RunData",
     "Trajectory",
@@ -38,11 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Every ``source`` a :meth:`regtrack.FrameResult.record` holds: frame 0 is "given"; later
 #: frames are answered by "registration", by the SAM2.1 tracker ("sam") or by the last good
-#: mask ("previous").
+#: mask ("previous"). "previous", and "sam" with a reason (hybrid mode), are fallbacks the
+#: physicist should see (:func:`regtrack.runfolder.is_fallback`).
 SOURCES = ("given", "registration", "sam", "previous")
-#: Sources that are a normal answer; "previous", and "sam" with a reason (hybrid mode), are
-#: fallbacks the physicist should see (:func:`regtrack.runfolder.is_fallback`).
-ANSWER_SOURCES = NORMAL_SOURCES
 #: How a record's ``reason`` begins when the registration ran out of time (the deadline came
 #: first, or the previous frame's registration still held the worker): a missed deadline,
 #: not a gate's verdict (see :class:`regtrack.realtime.RealtimeTracker`).

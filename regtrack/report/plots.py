@@ -22,6 +22,8 @@ PLOT_COLOURS = {
     "fallback": "#d62728",
     "missing": "#999999",
 }
+#: The kinds of answer drawn per frame, in legend order (quality_figure's ``kinds``).
+_ANSWER_KINDS = ("given", "registration", "sam", "fallback")
 TRUTH_COLOUR = "#222222"
 _WIDTH_IN = 11.0
 
@@ -169,7 +171,7 @@ def _dots(ax, time, values, kinds, label: str) -> None:
     """One value per frame, coloured by the kind of answer."""
     finite = np.isfinite(values)
     ax.plot(time[finite], values[finite], color="#cccccc", lw=0.8, zorder=1)
-    for kind in ("given", "registration", "sam", "fallback"):
+    for kind in _ANSWER_KINDS:
         pick = finite & (kinds == kind)
         if pick.any():
             ax.plot(
@@ -223,7 +225,7 @@ def _source_panel(ax, data, time, kinds) -> None:
     names = ["given", "registration"] + sorted({s for s in sources} - {"given", "registration"})
     level = {name: k for k, name in enumerate(names)}
     y = np.array([level[s] for s in sources])
-    for kind in ("given", "registration", "sam", "fallback"):
+    for kind in _ANSWER_KINDS:
         pick = kinds == kind
         if pick.any():
             ax.plot(time[pick], y[pick], "|", ms=10, mew=2, color=PLOT_COLOURS[kind])
