@@ -510,9 +510,9 @@ def preset_hashes(methods) -> dict:
 
 def _itk_threads() -> int | None:
     try:
-        import itk
+        from regtrack import itk_elastix
 
-        return int(itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads())
+        return itk_elastix.default_threads()
     except Exception:  # noqa: BLE001 - informative only
         return None
 

@@ -148,14 +148,14 @@ def run_ladder(path: Path) -> list[dict]:
     """Offline, one schedule for every frame, one elastix thread (as in a real-time worker):
     what each rung of the ladder costs and scores on the real case."""
     import cv2
-    import itk
 
+    from regtrack import itk_elastix
     from regtrack.budget import LADDER
     from regtrack.engine import Engine, TrackerSettings
     from regtrack.io import read_case
     from regtrack.metrics import evaluate_case
 
-    itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(1)
+    itk_elastix.set_threads(1)
     cv2.setNumThreads(1)
     case = read_case(path)
     frames, labels = np.asarray(case.frames), np.asarray(case.labels)

@@ -77,9 +77,9 @@ def scaled_maps(parameter_maps, schedule: Schedule):
 
     ``work`` is the sum over stages and levels of iterations x samples (the cost model's x).
     """
-    import itk
+    from . import itk_elastix
 
-    scaled = itk.ParameterObject.New()
+    scaled = itk_elastix.parameter_object()
     work = 0
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
         parameter_map = dict(parameter_maps.GetParameterMap(index))

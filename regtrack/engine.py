@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import itk_elastix
 from .budget import LADDER, Schedule, check_budget, scaled_maps
 from .checks import check_tracker_settings, has_signal
 from .features import (
@@ -395,9 +396,7 @@ def _trial_run(parameter_maps, images, spacing_mm, box, moving_box) -> dict[str,
     a bad preset fails here, before any output, and ASGD's automatic estimation reports the
     step sizes (its most expensive part: ~120 ms of every 350 x 350 call), which can then be
     fixed for every frame instead of estimated again."""
-    import itk
-
-    trial = itk.ParameterObject.New()
+    trial = itk_elastix.parameter_object()
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
         parameter_map = dict(parameter_maps.GetParameterMap(index))
         levels = len(parameter_map.get("MaximumNumberOfIterations", ("1",)))
@@ -430,9 +429,7 @@ def with_step_sizes(parameter_maps, step_sizes: dict[str, list[float]]):
     ``step_sizes`` holds one value per level of every estimating stage, in stage order, as
     :func:`regtrack.registration.read_step_sizes` returns them.
     """
-    import itk
-
-    fixed = itk.ParameterObject.New()
+    fixed = itk_elastix.parameter_object()
     used = 0
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
         parameter_map = dict(parameter_maps.GetParameterMap(index))

@@ -206,9 +206,9 @@ def expand_for_channels(parameter_maps, weights: list[tuple[float, ...]]):
 
     With two metrics given, the first is for channel 0 (the frames), the second for the rest.
     """
-    import itk
+    from . import itk_elastix
 
-    expanded = itk.ParameterObject.New()
+    expanded = itk_elastix.parameter_object()
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
         parameter_map = dict(parameter_maps.GetParameterMap(index))
         parameter_map["Registration"] = ("MultiMetricMultiResolutionRegistration",)
@@ -254,13 +254,13 @@ def resolve_native_models(
     ``$XDG_CACHE_HOME/regtrack/impact``, with ``XDG_CACHE_HOME`` defaulting to ``~/.cache``),
     named after the checkpoint it came from, so another checkpoint gets its own file.
     """
-    import itk
-
     from impact import EXTRACTOR_NAMES
+
+    from . import itk_elastix
 
     cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     cache = Path(cache_dir or Path(cache_home) / "regtrack" / "impact")
-    resolved = itk.ParameterObject.New()
+    resolved = itk_elastix.parameter_object()
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
         parameter_map = dict(parameter_maps.GetParameterMap(index))
         for key, values in parameter_map.items():

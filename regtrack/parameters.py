@@ -289,13 +289,13 @@ def load_parameter_maps(
     -------
     itk.ParameterObject
     """
-    import itk
+    from . import itk_elastix
 
     overrides = dict(overrides or {})
     check_parameter_names(list(overrides))
     check_parameter_values(overrides)
     check_preset_values(preset, overrides)
-    parameter_object = itk.ParameterObject.New()
+    parameter_object = itk_elastix.parameter_object()
     for path in preset_files(preset):
         parameter_object.AddParameterFile(str(path))
     for index in range(parameter_object.GetNumberOfParameterMaps()):

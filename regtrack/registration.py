@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from . import itk_elastix
 from .parameters import to_elastix_values
 from .transform import mapped_points
 
@@ -96,9 +97,7 @@ def to_itk_image(
     C-contiguous first: ``itk.image_from_array`` on a strided view builds a scrambled image
     without complaint.
     """
-    import itk
-
-    image = itk.image_from_array(np.ascontiguousarray(array, dtype=dtype))
+    image = itk_elastix.image_from_array(np.ascontiguousarray(array, dtype=dtype))
     image.SetSpacing([float(spacing_mm[1]), float(spacing_mm[0])])
     image.SetOrigin([float(offset_px[1] * spacing_mm[1]), float(offset_px[0] * spacing_mm[0])])
     return image
@@ -172,16 +171,13 @@ def register_pair(
     -------
     Registration
     """
-    import itk
-
     fixed_list, moving_list = _as_channels(fixed), _as_channels(moving)
     shape = fixed_list[0].shape
     box = fixed_box or (slice(0, shape[0]), slice(0, shape[1]))
     part = moving_box or (slice(None), slice(None))
     offset = (box[0].start or 0, box[1].start or 0)
     moving_offset = (part[0].start or 0, part[1].start or 0)
-    image_type = itk.Image[itk.F, 2]
-    method = itk.ElastixRegistrationMethod[image_type, image_type].New()
+    method = itk_elastix.registration_method()
     for fixed_channel, moving_channel in zip(fixed_list, moving_list, strict=True):
         method.AddFixedImage(to_itk_image(fixed_channel[box], spacing_mm, offset))
         method.AddMovingImage(to_itk_image(moving_channel[part], spacing_mm, moving_offset))
@@ -189,7 +185,7 @@ def register_pair(
     if fixed_mask is not None:
         method.SetFixedMask(to_itk_image(fixed_mask[box], spacing_mm, offset, dtype=np.uint8))
     if initial_shift_mm is not None:
-        initial = itk.ParameterObject.New()
+        initial = itk_elastix.parameter_object()
         initial.AddParameterMap(_translation_map(shape, spacing_mm, initial_shift_mm))
         method.SetInitialTransformParameterObject(initial)
     with tempfile.TemporaryDirectory(prefix="regtrack-elastix-") as log_dir:
@@ -254,8 +250,6 @@ def _elastix_error_summary(text: str) -> str:
 
 
 def _transformix_parameters(registration: Registration, interpolation_order: int):
-    import itk
-
     rows, cols = registration.shape
     # Output on the full frame, even when the fixed image was cropped to a region of interest.
     full_frame = {
@@ -265,7 +259,7 @@ def _transformix_parameters(registration: Registration, interpolation_order: int
         "FinalBSplineInterpolationOrder": interpolation_order,
         "DefaultPixelValue": 0,
     }
-    parameters = itk.ParameterObject.New()
+    parameters = itk_elastix.parameter_object()
     source = registration.transform_parameters
     for index in range(source.GetNumberOfParameterMaps()):
         parameter_map = source.GetParameterMap(index)
@@ -321,12 +315,11 @@ def warp_mask_to(mask: np.ndarray, points: np.ndarray, spacing_mm) -> np.ndarray
 
 def _transformix_warp(mask: np.ndarray, registration: Registration) -> np.ndarray:
     """:func:`warp_mask` by transformix, for any transform elastix knows."""
-    import itk
-
     image = to_itk_image(mask.astype(np.float32), registration.spacing_mm)
-    parameters = _transformix_parameters(registration, interpolation_order=1)
-    warped = itk.transformix_filter(image, parameters, log_to_console=False)
-    return np.asarray(itk.array_from_image(warped)) >= 0.5
+    transformix = itk_elastix.transformix_filter(image)
+    transformix.SetTransformParameterObject(_transformix_parameters(registration, 1))
+    transformix.SetLogToConsole(False)
+    return itk_elastix.array_from_image(transformix) >= 0.5
 
 
 def displacement_field(registration: Registration) -> np.ndarray:
@@ -352,10 +345,8 @@ def field_from_points(points: np.ndarray, spacing_mm) -> np.ndarray:
 
 def _transformix_field(registration: Registration) -> np.ndarray:
     """:func:`displacement_field` by transformix, for any transform elastix knows."""
-    import itk
-
     reference = to_itk_image(np.zeros(registration.shape, np.float32), registration.spacing_mm)
-    transformix = itk.TransformixFilter.New(reference)
+    transformix = itk_elastix.transformix_filter(reference)
     transformix.SetTransformParameterObject(_transformix_parameters(registration, 1))
     transformix.ComputeDeformationFieldOn()
     transformix.SetLogToConsole(False)
@@ -363,5 +354,5 @@ def _transformix_field(registration: Registration) -> np.ndarray:
         transformix.SetOutputDirectory(out_dir)  # it writes deformationField.mha there
         transformix.UpdateLargestPossibleRegion()
         field = transformix.GetOutputDeformationField()
-        xy = np.array(itk.array_from_image(field), dtype=np.float32)
+        xy = itk_elastix.array_from_image(field).astype(np.float32)
     return np.ascontiguousarray(xy[..., ::-1])

@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import itk_elastix
 from .results import RESULTS_FILE, ResultsDB
 from .spec import Setting, SweepSpec, SweepTask, load_sweep_spec
 
@@ -196,38 +196,6 @@ def _threads_here(threads) -> int:
         return int(threads["default"])
 
 
-_ITK_LOCK = threading.Lock()
-_ITK_NAMES = (
-    "MultiThreaderBase",
-    "ParameterObject",
-    "ElastixRegistrationMethod",
-    "TransformixFilter",
-    "Image",
-    "F",
-    "UC",
-    "image_from_array",
-    "array_from_image",
-    "GetImageFromArray",
-    "GetArrayFromImage",
-    "GetArrayViewFromImage",
-)
-
-
-def _load_itk():
-    """Import itk and load the modules regtrack uses, one thread at a time.
-
-    itk loads its modules lazily on first attribute access, and two tasks doing that at once
-    in one worker process (a worker with 2 threads) race: one sees a half-loaded module
-    ("module 'itk' has no attribute 'MultiThreaderBase'").
-    """
-    with _ITK_LOCK:
-        import itk
-
-        for name in _ITK_NAMES:
-            getattr(itk, name)
-    return itk
-
-
 def _limit_threads(n: int) -> tuple[int, int]:
     """Set ITK's (and torch's) thread count for this process; returns (before, now).
 
@@ -235,7 +203,7 @@ def _limit_threads(n: int) -> tuple[int, int]:
     takes every core: N worker processes would then run N x cores threads. The environment
     variables only act before ITK starts, so the count is also set here, per task.
     """
-    threader = _load_itk().MultiThreaderBase
+    threader = itk_elastix.load().MultiThreaderBase
     before = int(threader.GetGlobalDefaultNumberOfThreads())
     threader.SetGlobalDefaultNumberOfThreads(int(n))
     if "torch" in sys.modules:  # IMPACT feature presets run torch in the same process
