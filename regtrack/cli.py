@@ -331,6 +331,7 @@ def _add_realtime(commands) -> None:
 def _realtime(args) -> int:
     from .checks import check_frame_rate
     from .io import read_case
+    from .realtime import start_worker_server
     from .run import track_case
 
     settings = _checked_settings(args, args.out, None)
@@ -338,6 +339,7 @@ def _realtime(args) -> int:
         raise ValueError("realtime needs a per-frame --budget in seconds, e.g. --budget 0.25")
     if args.frame_rate is not None:
         check_frame_rate(args.frame_rate, "--frame-rate")
+    start_worker_server()  # the workers' fork server loads ITK while the case is read
     case = read_case(args.input, mask=args.mask)
     rate = args.frame_rate if args.frame_rate is not None else case.frame_rate_hz
     if not rate:
@@ -396,10 +398,13 @@ def _trackrad(args) -> int:
     import tempfile
 
     from .io import container_output_path, read_case
+    from .realtime import start_worker_server
     from .run import track_case
 
     output = container_output_path(args.output)
     settings = _checked_settings(args, args.output, output)
+    if settings.budget_s is not None:
+        start_worker_server()  # the workers' fork server loads ITK while the case is read
     case = read_case(args.input)
     with tempfile.TemporaryDirectory(prefix="regtrack-trackrad-") as work:
         track_case(case, work, settings=settings, output_path=output, progress=not args.no_progress)

@@ -26,6 +26,7 @@ __all__ = [
     "array_from_image",
     "default_threads",
     "image_from_array",
+    "is_loaded",
     "load",
     "parameter_object",
     "registration_method",
@@ -46,6 +47,11 @@ def load() -> SimpleNamespace:
     """
     with _LOCK:
         return _load()
+
+
+def is_loaded() -> bool:
+    """Whether this process has loaded the wrappers (a forked worker inherits them)."""
+    return _load.cache_info().currsize > 0
 
 
 # Optional imports of ITK's that serve other hosts, not regtrack: IPython (tab completion in a

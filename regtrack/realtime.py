@@ -42,7 +42,7 @@ from .checks import check_frame, check_mask
 from .engine import Engine, FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
 
-__all__ = ["RealtimeTracker", "default_workers"]
+__all__ = ["RealtimeTracker", "default_workers", "start_worker_server", "worker_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,42 +85,85 @@ class _InlineWorker:
 
 
 _PROCESS_ENGINE: Engine | None = None
+_STARTED_WARM = False  # this worker process began with ITK's wrappers already loaded
 
 
-def _process_start(parent_pid: int, pdeathsig: bool, threads: int | None) -> None:
-    """Worker process start: die with the parent, leave Ctrl-C to it, use ``threads``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; its records stay whole
+def worker_context():
+    """Where worker processes come from: a fork server that has imported the engine and
+    loaded ITK's elastix wrappers once (:mod:`regtrack.preload`), so a worker, the first or
+    a replacement, starts warm; spawn (a cold start each) where there is no fork server.
+
+    Starting the server early (:func:`start_worker_server`) overlaps its load with the
+    caller's own work, such as reading the case.
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["regtrack.preload"])
+    return context
+
+
+def start_worker_server() -> None:
+    """Start the worker fork server now (it loads in the background); idempotent."""
+    context = worker_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _process_start(owner_pid: int, pdeathsig: bool, threads: int | None) -> None:
+    """Worker process start: die with the owner, leave Ctrl-C to it, use ``threads``."""
+    global _STARTED_WARM
+    from . import itk_elastix
+
+    _STARTED_WARM = itk_elastix.is_loaded()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops us; its records stay whole
     if pdeathsig and sys.platform.startswith("linux"):
-        try:  # the kernel kills us when the parent's spawning thread ends (the main thread)
+        # the kernel kills us when our parent ends: the fork server (which ends with the
+        # owner), or under spawn the owner's spawning thread (the main thread)
+        try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent_pid:  # died before we got here
+    if not _alive(owner_pid):  # died before we got here
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
     if threads:
         import cv2
-        import itk
 
-        itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(threads)
+        itk_elastix.set_threads(threads)
         cv2.setNumThreads(threads)
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """The portable fallback: once the parent is gone (we were re-parented), exit."""
-    while os.getppid() == parent_pid:
+def _watch_owner(owner_pid: int) -> None:
+    """The portable fallback: once the owner or our parent is gone, exit."""
+    parent = os.getppid()
+    while os.getppid() == parent and _alive(owner_pid):
         time.sleep(_PARENT_POLL_S)
     os._exit(1)
 
 
-def _process_build(frame0, mask0, settings, spacing_mm, threads) -> tuple[dict, dict]:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (a reused pid)
+        return True
+    return True
+
+
+def _process_build(frame0, mask0, settings, spacing_mm, threads) -> tuple[dict, dict, bool]:
     global _PROCESS_ENGINE
     if threads and "MaximumNumberOfThreads" not in settings.overrides:
         settings = replace(
             settings, overrides={**settings.overrides, "MaximumNumberOfThreads": threads}
         )
     _PROCESS_ENGINE = Engine.build(frame0, mask0, settings, spacing_mm)
-    return _PROCESS_ENGINE.works, _PROCESS_ENGINE.step_sizes
+    return _PROCESS_ENGINE.works, _PROCESS_ENGINE.step_sizes, _STARTED_WARM
 
 
 def _process_track(*args, **kwargs) -> FrameResult:
@@ -135,12 +178,14 @@ class _ProcessWorker:
     """
 
     def __init__(self, frame0, mask0, settings, spacing_mm, *, threads=None) -> None:
-        import multiprocessing
-
-        pdeathsig = threading.current_thread() is threading.main_thread()
+        context = worker_context()
+        pdeathsig = (
+            context.get_start_method() == "forkserver"
+            or threading.current_thread() is threading.main_thread()
+        )
         self._pool = ProcessPoolExecutor(
             max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_process_start,
             initargs=(os.getpid(), pdeathsig, threads),
         )
@@ -156,12 +201,22 @@ class _ProcessWorker:
         return self.built.result()[1]
 
     @property
+    def started_warm(self) -> bool:
+        """The process began with ITK's wrappers loaded (forked from the loaded server)."""
+        return self.built.result()[2]
+
+    @property
     def pids(self) -> list[int]:
         """The child's process id (for tests and monitoring)."""
         return list(self._pool._processes or ())
 
     def submit(self, *args, **kwargs) -> Future:
-        return self._pool.submit(_process_track, *args, **kwargs)
+        try:
+            return self._pool.submit(_process_track, *args, **kwargs)
+        except BrokenExecutor as error:  # the process died while idle: fail this frame alone
+            future: Future = Future()
+            future.set_exception(error)
+            return future
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -289,6 +344,8 @@ class RealtimeTracker:
         if worker == "auto":
             self.worker_kind = "process" if self.settings.budget_s else "inline"
         self.workers = _check_workers(workers, self.worker_kind, self.settings.budget_s)
+        if self.worker_kind == "process":
+            start_worker_server()  # loads while the caller reads frame 0
         self.frame_interval_s = check_budget(frame_interval_s, "frame_interval_s")
         self.return_fields = return_fields
         self.method = self.settings.method

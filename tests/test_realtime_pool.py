@@ -272,3 +272,25 @@ def test_worker_processes_die_with_a_killed_parent(tmp_path):
     while any(_alive(pid) for pid in pids) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids), "a worker outlived its killed parent"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server")
+def test_workers_fork_from_a_loaded_server_and_a_killed_one_is_replaced_warm():
+    shape = (96, 96)
+    frames = [textured(shape, (t, 0)) for t in range(4)]
+    mask = np.zeros(shape, bool)
+    mask[40:56, 40:56] = True
+    with RealtimeTracker(TrackerSettings(budget_s=30.0), worker="process", workers=2) as rt:
+        rt.init(frames[0], mask, calibrate=False)
+        first = [slot.worker for slot in rt._slots]
+        assert [worker.started_warm for worker in first] == [True, True]
+        (victim,) = first[0].pids
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.5)  # the pool notices its process is gone
+        answers = [rt.step(frame) for frame in frames[1:]]
+        replacements = [slot.worker for slot in rt._slots if slot.worker not in first]
+    assert any("registration worker failed" in answer.reason for answer in answers)
+    assert answers[-1].source == "registration"
+    assert len(replacements) == 1 and replacements[0].started_warm
+    assert victim not in replacements[0].pids
