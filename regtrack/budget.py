@@ -21,31 +21,39 @@ __all__ = ["LADDER", "CostModel", "Schedule", "check_budget", "choose_schedule",
 
 @dataclass(frozen=True)
 class Schedule:
-    """A fraction of the preset's iterations and spatial samples (1.0 and 1.0: the preset)."""
+    """A fraction of the preset's iterations and spatial samples (1.0 and 1.0: the preset),
+    and the image pyramid: "" keeps the preset's, "recursive" smooths and downsamples each
+    level from the one before (elastix's Recursive pyramid) instead of smoothing the whole
+    image for every level, which is most of a small registration's fixed cost."""
 
     iterations: float = 1.0
     samples: float = 1.0
+    pyramid: str = ""
 
     @property
     def name(self) -> str:
-        return f"it{self.iterations:g}/s{self.samples:g}"
+        suffix = f"/{self.pyramid}" if self.pyramid else ""
+        return f"it{self.iterations:g}/s{self.samples:g}{suffix}"
 
 
-# Largest first. On the real case, one elastix thread (benchmarks/budget.py --ladder): DSC
-# 0.969 at a median 86 ms a frame for the preset, 0.965 for half of both, 0.957 at 46 ms for
-# the smallest rung; below half the time hardly falls (set-up, pyramid and refinement cost
-# ~40 ms whatever the iterations), so the small rungs serve only the tightest budgets. On the
-# phantoms, 1 level x 10 iterations lost 0.05-0.2 DSC on the jump and large-organ cases, so
-# the ladder stops here.
+# Largest first. On the real case, one elastix thread, nothing else running: the preset
+# scored DSC 0.969 at a median 63 ms a frame, half of both 0.965 at 43 ms and the smallest
+# rung 0.957 at 32 ms with the preset's smoothing pyramid; the recursive pyramid gave the same
+# scores 10-13 ms sooner (0.969 at 53 ms, 0.965 at 30, 0.958 at 23), so the rungs from half
+# down use it. On the faint synthetic_dev cases it cost the full schedule 0.004-0.01 DSC,
+# so the top rungs keep the preset's (benchmarks/budget.py --ladder). On the phantoms,
+# 1 level x 10 iterations lost 0.05-0.2 DSC on the jump and large-organ cases, so the
+# ladder stops here.
 LADDER = (
     Schedule(1.0, 1.0),
     Schedule(0.67, 0.75),
-    Schedule(0.5, 0.5),
-    Schedule(0.33, 0.5),
-    Schedule(0.25, 0.35),
-    Schedule(0.17, 0.25),
-    Schedule(0.1, 0.2),
+    Schedule(0.5, 0.5, "recursive"),
+    Schedule(0.33, 0.5, "recursive"),
+    Schedule(0.25, 0.35, "recursive"),
+    Schedule(0.17, 0.25, "recursive"),
+    Schedule(0.1, 0.2, "recursive"),
 )
+_PYRAMIDS = {"recursive": "RecursiveImagePyramid"}
 
 _MIN_SAMPLES = 64
 
@@ -90,6 +98,11 @@ def scaled_maps(parameter_maps, schedule: Schedule):
             parameter_map.get("NumberOfSpatialSamples", ("5000",)), schedule.samples, _MIN_SAMPLES
         )
         parameter_map["MaximumNumberOfIterations"] = tuple(str(v) for v in iterations)
+        if schedule.pyramid:
+            for side in ("Fixed", "Moving"):
+                key = f"{side}ImagePyramid"
+                pairs = len(parameter_map.get(key, ("",)))  # one per image pair (channel)
+                parameter_map[key] = (f"{side}{_PYRAMIDS[schedule.pyramid]}",) * pairs
         if "NumberOfSpatialSamples" in parameter_map:
             parameter_map["NumberOfSpatialSamples"] = tuple(str(v) for v in samples)
         per_level = samples if len(samples) == len(iterations) else [samples[0]] * len(iterations)
@@ -103,7 +116,8 @@ def _scale(values, fraction: float, minimum: int) -> list[int]:
 
 
 class CostModel:
-    """``ms = a + b * work`` fitted on recent measurements of this machine.
+    """``ms = a + b * work`` fitted on recent measurements of this machine, one fit per
+    pyramid kind (a schedule's ``pyramid``): the pyramid changes the fixed cost ``a``.
 
     The prediction is inflated by the ``quantile`` of observed/fitted ratios (at least
     ``margin``), so a frame that runs slow now and then still fits: 0.9 lets about one frame
@@ -112,19 +126,22 @@ class CostModel:
     """
 
     def __init__(self, history: int = 64, margin: float = 1.15, quantile: float = 0.9) -> None:
-        self._observations: deque[tuple[float, float]] = deque(maxlen=history)
+        self._observations: dict[str, deque[tuple[float, float]]] = {}
+        self.history = history
         self.margin = margin
         self.quantile = quantile
 
     def __len__(self) -> int:
-        return len(self._observations)
+        return sum(len(kind) for kind in self._observations.values())
 
-    def observe(self, work: float, ms: float) -> None:
+    def observe(self, work: float, ms: float, kind: str = "") -> None:
         if math.isfinite(ms) and ms > 0:
-            self._observations.append((float(work), float(ms)))
+            observed = self._observations.setdefault(kind, deque(maxlen=self.history))
+            observed.append((float(work), float(ms)))
 
-    def _fit(self) -> tuple[float, float]:
-        work, ms = np.array(self._observations).T
+    @staticmethod
+    def _fit(observations) -> tuple[float, float]:
+        work, ms = np.array(observations).T
         if np.ptp(work) == 0:
             return 0.0, float(np.mean(ms) / max(work[0], 1.0))
         slope, intercept = np.polyfit(work, ms, 1)
@@ -132,12 +149,14 @@ class CostModel:
             return float(np.mean(ms)), 0.0
         return max(float(intercept), 0.0), float(slope)
 
-    def predict(self, work: float) -> float:
-        """Predicted milliseconds, safety margin included (inf before any measurement)."""
-        if not self._observations:
+    def predict(self, work: float, kind: str = "") -> float:
+        """Predicted milliseconds, safety margin included (inf before any measurement of
+        this kind)."""
+        observations = self._observations.get(kind)
+        if not observations:
             return math.inf
-        intercept, slope = self._fit()
-        observed = np.array(self._observations)
+        intercept, slope = self._fit(observations)
+        observed = np.array(observations)
         fitted = intercept + slope * observed[:, 0]
         spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
         return (intercept + slope * work) * max(self.margin, float(spread))
@@ -167,6 +186,6 @@ def choose_schedule(
     if limit is None:
         return LADDER[0]
     for schedule in LADDER:
-        if cost.predict(works[schedule]) <= limit:
+        if cost.predict(works[schedule], schedule.pyramid) <= limit:
             return schedule
     return LADDER[-1]

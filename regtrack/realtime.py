@@ -52,7 +52,8 @@ _ANSWER_MARGIN_S = 0.004  # building the fallback answer and returning it
 # time. (Lowering the workers' priority instead starved them behind other users' processes.)
 _WAKE_HISTORY = 256
 _WAKE_SAFETY = 1.5  # a spike larger than any recent one still fits
-_CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[0])
+# Two works of each pyramid kind, so each kind's cost model has a slope from the start.
+_CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[1], LADDER[0])
 _MAX_WORKERS = 4
 _COST_QUANTILE = 0.98
 _PARENT_POLL_S = 0.5
@@ -233,12 +234,13 @@ class _Job:
     future: Future
     submitted: float
     work: int
+    kind: str  # the schedule's pyramid: the cost model fits each kind on its own
     start_age: int
     finished: float = math.nan  # perf_counter() when its result reached this process
     answered: bool = False  # its frame has been answered (late: by the fallback)
 
     def predicted_end(self, cost: CostModel) -> float:
-        return self.submitted + cost.predict(self.work) / 1e3
+        return self.submitted + cost.predict(self.work, self.kind) / 1e3
 
 
 @dataclass
@@ -497,7 +499,7 @@ class RealtimeTracker:
 
     def predict_ms(self, schedule) -> float:
         """Predicted milliseconds for one frame with ``schedule`` (margin included)."""
-        return self.cost.predict(self._slots[0].worker.works[schedule])
+        return self.cost.predict(self._slots[0].worker.works[schedule], schedule.pyramid)
 
     def step(
         self, frame: np.ndarray, *, arrival: float | None = None, budget_s: float | None = None
@@ -661,7 +663,8 @@ class RealtimeTracker:
         future = slot.worker.submit(
             frame, start, index, schedule=schedule, return_fields=self.return_fields
         )
-        slot.job = _Job(index, future, submitted, slot.worker.works[schedule], start_age)
+        work = slot.worker.works[schedule]
+        slot.job = _Job(index, future, submitted, work, schedule.pyramid, start_age)
         future.add_done_callback(lambda _, job=slot.job: _mark_finished(job))
         return slot.job
 
@@ -726,7 +729,7 @@ class RealtimeTracker:
     def _observe(self, job: _Job) -> None:
         """Learn the cost of a finished registration (submitted to result received)."""
         finished = job.finished if math.isfinite(job.finished) else time.perf_counter()
-        self.cost.observe(job.work, (finished - job.submitted) * 1e3)
+        self.cost.observe(job.work, (finished - job.submitted) * 1e3, job.kind)
 
     def _interval_s(self) -> float | None:
         """Seconds between frames: given, or the median gap of the arrivals given to step."""

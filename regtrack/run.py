@@ -127,10 +127,45 @@ def _frames_done(files: RunFiles) -> int:
     return len(read_records(files.records))
 
 
-def _open_array(path: Path, shape: tuple[int, ...], dtype, fresh: bool) -> np.ndarray:
-    if fresh or not path.exists():
-        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    return np.lib.format.open_memmap(path, mode="r+")
+class _FrameFile:
+    """A (T, ...) array in a ``.npy`` file, written and read one frame at a time.
+
+    Plain positioned writes, not a memory map: a map keeps every frame written resident in
+    the process, so a 20 000-frame run would grow by its whole mask volume. Each write is in
+    the file (the OS's cache) when it returns, so a killed process loses nothing written.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, fresh: bool) -> None:
+        if fresh or not path.exists():
+            created = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            del created  # leaves the header and a sparse file of zeros
+        with path.open("rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            found_shape, _, found_dtype = read_header(file)
+            self._offset = file.tell()
+        self.path, self.shape, self.dtype = path, tuple(found_shape), np.dtype(found_dtype)
+        self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._fd = os.open(path, os.O_RDWR)
+
+    def __setitem__(self, index: int, frame: np.ndarray) -> None:
+        data = np.ascontiguousarray(frame, dtype=self.dtype)
+        os.pwrite(self._fd, data.data, self._offset + index * self._frame_bytes)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        data = os.pread(self._fd, self._frame_bytes, self._offset + index * self._frame_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+    def array(self) -> np.ndarray:
+        """The whole array, memory-mapped read-only (for the final output file)."""
+        return np.load(self.path, mmap_mode="r")
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _truncate_records(files: RunFiles, n_done: int) -> None:
@@ -233,16 +268,21 @@ def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
     """Resume or start the run in ``files``; return the (T, H, W) masks, all frames done."""
     n_frames, rows, cols = (int(n) for n in case.frames.shape)
     done = _prepare(files, wanted, restart)
-    masks = _open_array(files.masks, (n_frames, rows, cols), np.uint8, fresh=done == 0)
+    masks = _FrameFile(files.masks, (n_frames, rows, cols), np.uint8, fresh=done == 0)
     fields = None
     if wanted["fields"]:
-        fields = _open_array(files.fields, (n_frames, rows, cols, 2), np.float32, done == 0)
+        fields = _FrameFile(files.fields, (n_frames, rows, cols, 2), np.float32, done == 0)
     _truncate_records(files, done)
-    if done < n_frames:
-        if done:
-            logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
-        _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz)
-    return masks
+    try:
+        if done < n_frames:
+            if done:
+                logger.info("resuming %s at frame %d of %d", case.name, done, n_frames)
+            _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz)
+    finally:
+        for array in (masks, fields):
+            if array is not None:
+                array.close()
+    return masks.array()
 
 
 def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate_hz) -> None:
@@ -264,10 +304,8 @@ def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate
     with files.records.open("a") as log, bar:
         for result in results:
             masks[result.index] = result.mask
-            masks.flush()
             if fields is not None and result.displacement_mm is not None:
                 fields[result.index] = result.displacement_mm
-                fields.flush()
             log.write(json.dumps(result.record()) + "\n")
             log.flush()
             bar.update(1)

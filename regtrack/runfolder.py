@@ -3,7 +3,7 @@
 A run folder (``regtrack track --out``) holds
 - ``run.json``: what was asked (case, its files and their fingerprints, settings);
 - ``frames.jsonl``: one record per frame, appended and flushed as each frame is answered;
-- ``masks.partial.npy``: the masks so far (a memory-mapped (T, H, W) uint8 array);
+- ``masks.partial.npy``: the masks so far (a (T, H, W) uint8 ``.npy``, written frame by frame);
 - ``displacement.partial.npy``: optional (T, H, W, 2) float32 fields, mm (row, col);
 - ``output.mha``: the final masks, written once every frame is done (unless the run was given
   another output file);

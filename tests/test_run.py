@@ -99,3 +99,22 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path):
     files.lock.write_text(json.dumps(owner))
     with pytest.warns(RuntimeWarning, match="gone"), hold_lock(files):
         assert json.loads(files.lock.read_text())["pid"] == os.getpid()
+
+
+def test_frame_file_round_trips_frames_across_a_reopen(tmp_path):
+    """The run's masks file: frames written one at a time, kept when reopened to resume."""
+    from regtrack.run import _FrameFile
+
+    path = tmp_path / "masks.partial.npy"
+    frames = np.random.default_rng(0).integers(0, 2, (4, 5, 6), dtype=np.uint8)
+    store = _FrameFile(path, frames.shape, np.uint8, fresh=True)
+    for index in range(2):
+        store[index] = frames[index]
+    store.close()
+    resumed = _FrameFile(path, frames.shape, np.uint8, fresh=False)
+    np.testing.assert_array_equal(resumed[1], frames[1])
+    for index in range(2, 4):
+        resumed[index] = frames[index]
+    resumed.close()
+    np.testing.assert_array_equal(resumed.array(), frames)
+    np.testing.assert_array_equal(np.load(path), frames)  # a plain .npy to any reader
