@@ -134,9 +134,11 @@ def _process_start(owner_pid: int, pdeathsig: bool, threads: int | None) -> None
     threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
     if threads:
         import cv2
+        from threadpoolctl import threadpool_limits
 
         itk_elastix.set_threads(threads)
         cv2.setNumThreads(threads)
+        threadpool_limits(threads)  # numpy's BLAS: idle threads spinning on shared cores
 
 
 def _watch_owner(owner_pid: int) -> None:

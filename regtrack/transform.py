@@ -87,8 +87,12 @@ def _add_bspline(parameter_map, rows: np.ndarray, cols: np.ndarray) -> list[np.n
     weights_row, inside_row = _bspline_weights((rows - origin_y) / spacing_y, size_y)
     weights_col, inside_col = _bspline_weights((cols - origin_x) / spacing_x, size_x)
     inside = np.outer(inside_row, inside_col)
-    du_x = weights_row @ coefficients[0] @ weights_col.T
-    du_y = weights_row @ coefficients[1] @ weights_col.T
+    # einsum, not @: these products are tiny, and a threaded BLAS spends longer waking its
+    # threads than computing (6.7 ms against 0.05 ms single-threaded on 2 busy cores).
+    du_x, du_y = (
+        np.einsum("ij,jk->ik", np.einsum("ij,jk->ik", weights_row, c), weights_col.T)
+        for c in coefficients
+    )
     row_grid, col_grid = np.meshgrid(rows, cols, indexing="ij")
     return [row_grid + np.where(inside, du_y, 0.0), col_grid + np.where(inside, du_x, 0.0)]
 
