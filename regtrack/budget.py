@@ -127,6 +127,7 @@ class CostModel:
 
     def __init__(self, history: int = 64, margin: float = 1.15, quantile: float = 0.9) -> None:
         self._observations: dict[str, deque[tuple[float, float]]] = {}
+        self._fits: dict[str, tuple[float, float, float]] = {}  # kind -> a, b, spread
         self.history = history
         self.margin = margin
         self.quantile = quantile
@@ -138,6 +139,7 @@ class CostModel:
         if math.isfinite(ms) and ms > 0:
             observed = self._observations.setdefault(kind, deque(maxlen=self.history))
             observed.append((float(work), float(ms)))
+            self._fits.pop(kind, None)
 
     @staticmethod
     def _fit(observations) -> tuple[float, float]:
@@ -155,11 +157,14 @@ class CostModel:
         observations = self._observations.get(kind)
         if not observations:
             return math.inf
-        intercept, slope = self._fit(observations)
-        observed = np.array(observations)
-        fitted = intercept + slope * observed[:, 0]
-        spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
-        return (intercept + slope * work) * max(self.margin, float(spread))
+        if kind not in self._fits:  # refitted once per observation, not once per question
+            intercept, slope = self._fit(observations)
+            observed = np.array(observations)
+            fitted = intercept + slope * observed[:, 0]
+            spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
+            self._fits[kind] = intercept, slope, max(self.margin, float(spread))
+        intercept, slope, spread = self._fits[kind]
+        return (intercept + slope * work) * spread
 
 
 def choose_schedule(
