@@ -71,3 +71,24 @@ def test_loading_skips_the_rest_of_itk_and_leaves_hosts_importable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     state = json.loads(out.stdout)
     assert state == {"lazy": [], "imported": [], "distributed_after": True}
+
+
+def test_a_registration_run_loads_neither_torch_nor_the_rest_of_itk():
+    """Tracking by registration needs neither torch (SAM, IMPACT) nor ITK's lazy loader."""
+    code = (
+        "import json, sys\n"
+        "import itk, regtrack\n"
+        "from regtrack.phantom import generate_phantom\n"
+        "case = generate_phantom(n_frames=3, shape=(96, 96), seed=1)\n"
+        "result = regtrack.track(case.frames, case.first_mask)\n"
+        "print(json.dumps({'sources': [r['source'] for r in result.records],\n"
+        "    'lazy': sorted(itk.loaded_lazy_modules),\n"
+        "    'imported': [m for m in ('torch', 'sam2', 'impact') if m in sys.modules]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    state = json.loads(out.stdout.splitlines()[-1])
+    assert state == {
+        "sources": ["given", "registration", "registration"],
+        "lazy": [],
+        "imported": [],
+    }
