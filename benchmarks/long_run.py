@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -161,6 +162,7 @@ def main(argv=None) -> int:
             row.update(memory_summary(samples, args.frames, args.after))
             row.update(check_records(records, args.frames))
             row["samples"] = samples[:: max(1, len(samples) // 400)]
+            row["load_1min_at_end"] = round(os.getloadavg()[0], 2)
             result["runs"][command] = row
             print(command, {k: v for k, v in row.items() if k != "samples"}, flush=True)
     print(machine_line(result["machine"]))

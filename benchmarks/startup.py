@@ -78,8 +78,8 @@ def time_command(command: str, case: Path, pythonpath: str | None) -> dict:
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         start = time.perf_counter()
-        process = subprocess.Popen(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        process = subprocess.Popen(  # cwd: ``python -c`` puts it first on sys.path
+            argv, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         first_answer, records = None, ""
         while process.poll() is None:
@@ -156,9 +156,15 @@ print(json.dumps({"first_pool_s": times[0], "second_pool_s": times[1]}))
 
 def time_script(script: str, *args: str, pythonpath: str | None = None) -> dict:
     env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
-    out = subprocess.run(
-        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, check=True
-    )
+    with tempfile.TemporaryDirectory(prefix="regtrack-startup-") as work:
+        out = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return {k: round(v, 3) for k, v in json.loads(out.stdout.splitlines()[-1]).items()}
 
 
@@ -198,8 +204,10 @@ def main(argv=None) -> int:
     rows = []
     for command in args.command or COMMANDS:
         for label, case in CASES.items():
+            load_before = os.getloadavg()[0]
             runs = [time_command(command, case, args.pythonpath) for _ in range(args.repeats)]
-            rows.append({"size": label, **median_row(runs)})
+            load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            rows.append({"size": label, **median_row(runs), "load_1min_before_after": load})
             print(rows[-1], flush=True)
     warm = {
         "python_api_10_frames": time_script(
