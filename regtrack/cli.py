@@ -323,6 +323,9 @@ def _add_realtime(commands) -> None:
     realtime.add_argument("--frame-rate", type=float, help="Hz (default: the case's own)")
     _add_tracking_options(realtime)
     realtime.set_defaults(budget=0.25)
+    realtime.add_argument(
+        "--restart", action="store_true", help="discard a previous run in OUT (default: resume)"
+    )
     realtime.add_argument("--report", action="store_true", help="also write OUT/report/")
     _add_progress(realtime)
     realtime.set_defaults(func=_realtime)
@@ -348,7 +351,7 @@ def _realtime(args) -> int:
         case,
         args.out,
         settings=settings,
-        restart=True,
+        restart=args.restart,
         frame_rate_hz=rate,
         progress=not args.no_progress,
     )

@@ -222,6 +222,8 @@ def track_case(
         "mask": _mask_fingerprint(case),
     }
     wanted = _settings_record(case, settings, return_fields, inputs)
+    if frame_rate_hz:  # a replay resumes only at the rate it started with
+        wanted["replay_hz"] = float(frame_rate_hz)
     files.directory.mkdir(parents=True, exist_ok=True)
     with hold_lock(files):
         masks = _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)

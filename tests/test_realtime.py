@@ -164,3 +164,21 @@ def test_realtime_needs_a_frame_rate_and_a_budget(tmp_path, translated, capsys):
     err = capsys.readouterr().err
     assert "has no frame rate (frame-rate.json); pass --frame-rate HZ" in err
     assert not (tmp_path / "o" / "frames.jsonl").exists()  # refused before tracking
+
+
+@pytest.mark.slow
+def test_a_killed_realtime_replay_resumes_where_its_record_stops(tmp_path, jump_sequence):
+    frames, masks = jump_sequence
+    case = write_trackrad_case(tmp_path, "case", frames, masks[0], masks, frame_rate_hz=8.0)
+    out = tmp_path / "rt"
+    command = ["realtime", str(case), "--out", str(out), "--budget", "0.5", "--no-progress"]
+    assert main(command) == 0
+    records = (out / "frames.jsonl").read_text().splitlines(keepends=True)
+    kept = len(records) // 2  # as if killed there: later records never written
+    (out / "frames.jsonl").write_text("".join(records[:kept]))
+    (out / "output.mha").unlink()
+    assert main(command) == 0
+    resumed = (out / "frames.jsonl").read_text().splitlines(keepends=True)
+    assert resumed[:kept] == records[:kept]  # what was recorded stays as it was
+    assert [json.loads(r)["index"] for r in resumed] == list(range(len(frames)))
+    assert main([*command, "--frame-rate", "4"]) == 2  # another rate is another replay
