@@ -125,10 +125,13 @@ class SamWorker:
     def _finished(self, index: int, future: Future, generation: int, step: Future) -> None:
         """A step ended: note its answer, start the frame that waits, then hand the answer
         over (``newest`` is up to date before anyone waiting on the future wakes)."""
-        error = step.exception()
+        answer = error = None
+        if not step.cancelled():  # cancelled: closed before it started
+            error = step.exception()
+            answer = None if error else step.result()
         with self._lock:
-            if error is None and generation == self._generation:
-                self.newest = (index, step.result())
+            if answer is not None and generation == self._generation:
+                self.newest = (index, answer)
                 self.stepped += 1
             following, self._waiting = self._waiting, None
             self.busy_with = following[0] if following else None
@@ -136,7 +139,7 @@ class SamWorker:
         if following:
             self._run(*following, current)
         if error is None:
-            future.set_result(step.result())
+            future.set_result(answer)
         else:
             future.set_exception(error)
 
