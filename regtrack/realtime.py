@@ -579,7 +579,8 @@ class RealtimeTracker:
 
     def _wait_for_event(self, arrival: float | None, pending) -> None:
         """Sleep until a frame arrives, the oldest unanswered frame's deadline (less the
-        margin), a registration or the oldest frame's SAM step finishes; late registrations that finished are taken in."""
+        margin), a registration finishes or SAM answers the oldest frame; late registrations
+        that finished are taken in."""
         self._collect()
         now = time.perf_counter()
         times = [arrival - now] if arrival is not None else []
@@ -729,7 +730,7 @@ class RealtimeTracker:
             return None, ""
         if not pending.sam.done():
             busy = self._sam.busy_with
-            return None, "SAM not ready" + (f" (busy with frame {busy})" if busy else "")
+            return None, "SAM not ready" + ("" if busy is None else f" (busy with frame {busy})")
         answer = pending.sam.result()  # SAM's own error, if it failed
         if answer is None:
             return None, "SAM skipped this frame (busy; it takes the newest frame when free)"
