@@ -731,7 +731,11 @@ class RealtimeTracker:
         if not pending.sam.done():
             busy = self._sam.busy_with
             return None, "SAM not ready" + ("" if busy is None else f" (busy with frame {busy})")
-        answer = pending.sam.result()  # SAM's own error, if it failed
+        error = pending.sam.exception()
+        if error is not None:  # (offline it was raised when the frame was taken in)
+            logger.error("frame %d: SAM failed: %r", pending.index, error)
+            return None, f"SAM failed ({type(error).__name__}: {error})"
+        answer = pending.sam.result()
         if answer is None:
             return None, "SAM skipped this frame (busy; it takes the newest frame when free)"
         return answer, ""

@@ -48,7 +48,7 @@ class ManualSam:
     finish as they start); ``stepped`` lists the frames it was given, in order."""
 
     def __init__(self, at_once=()):
-        self.at_once, self.stepped = set(at_once), []
+        self.at_once, self.stepped, self.fail = set(at_once), [], set()
         self._release: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -61,6 +61,8 @@ class ManualSam:
         self.stepped.append(index)
         if index not in self.at_once and not self._event(index).wait(10):
             raise TimeoutError(f"the test never finished SAM's step of frame {index}")
+        if index in self.fail:
+            raise RuntimeError("SAM stand-in failed")
         return SamAnswer(square(cols=index), 0.9, 1.0, 1.0)
 
     def finish(self, index):
@@ -203,6 +205,16 @@ def test_without_a_deadline_every_frame_waits_for_sam(sam):
     assert registration.started_from == {1: ("sam", 1), 2: ("sam", 2)}
     assert [(a.source, a.sam_score, a.start_age) for a in answers] == [("registration", 0.9, 0)] * 2
     assert sam.stepped == [1, 2]
+
+
+def test_under_a_deadline_a_failed_sam_step_fails_no_frame(sam):
+    sam.at_once, sam.fail = {1, 2}, {1}
+    with tracker(sam, ManualRegistration(at_once={2})) as rt:
+        first = rt.step(frame(1))  # no registration, SAM failed: the newest answer
+        assert (first.source, first.answered_by) == ("previous", 0)
+        assert "SAM failed (RuntimeError: SAM stand-in failed)" in first.reason
+        second = rt.step(frame(2))  # SAM goes on with the next frame
+    assert (second.source, second.answered_by) == ("registration", 2)
 
 
 @pytest.mark.sam2
