@@ -105,12 +105,16 @@ class SamWorker:
         return future
 
     def close(self) -> None:
-        """Stop: a step under way finishes on its own, nothing new starts."""
+        """Stop: nothing new starts; the SAM process ends at once (a step takes seconds on a
+        CPU and nothing of it is kept), a thread finishes the step under way."""
         with self._lock:
             waiting, self._waiting = self._waiting, None
         if waiting:
             waiting[2].set_result(None)
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
 
     def _run(self, index: int, frame: np.ndarray, future: Future, generation: int) -> None:
         try:
