@@ -13,6 +13,13 @@ position (the newest finished answer); the main process waits for it until the d
 when it is not done, answers with the newest finished result (its frame is recorded as
 ``answered_by``), while the late registration goes on and, once finished, moves the starting
 point of the next frames forward, unless a newer result already has.
+
+SAM2.1 (methods "sam" and "hybrid") runs off the main loop too (:mod:`regtrack.sam_worker`):
+in a process of its own when regtrack loads the model, in a thread for a tracker the caller
+passes in. Each frame is offered to it as it arrives; when SAM is busy the newest frame waits
+and older waiting ones are skipped. Under a deadline a frame uses SAM's answer only if it has
+arrived in time; without one (offline) every frame waits for SAM, as SAM then initialises
+every registration.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 
@@ -41,6 +48,7 @@ from .budget import LADDER, CostModel, Schedule, check_budget, choose_schedule
 from .checks import check_frame, check_mask
 from .engine import Engine, FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
+from .sam_worker import SamWorker, sam_checkpoint
 
 __all__ = ["RealtimeTracker", "default_workers", "start_worker_server", "worker_context"]
 
@@ -173,6 +181,22 @@ def _process_track(*args, **kwargs) -> FrameResult:
     return _PROCESS_ENGINE.track_frame(*args, **kwargs)
 
 
+def owned_process_pool(threads: int | None = None) -> ProcessPoolExecutor:
+    """A pool of one worker process from :func:`worker_context` that dies with this process
+    and ignores Ctrl-C (registration workers, the SAM worker)."""
+    context = worker_context()
+    pdeathsig = (
+        context.get_start_method() == "forkserver"
+        or threading.current_thread() is threading.main_thread()
+    )
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=context,
+        initializer=_process_start,
+        initargs=(os.getpid(), pdeathsig, threads),
+    )
+
+
 class _ProcessWorker:
     """The engine in a child process, so the main process can answer at a deadline.
 
@@ -181,17 +205,7 @@ class _ProcessWorker:
     """
 
     def __init__(self, frame0, mask0, settings, spacing_mm, *, threads=None) -> None:
-        context = worker_context()
-        pdeathsig = (
-            context.get_start_method() == "forkserver"
-            or threading.current_thread() is threading.main_thread()
-        )
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=context,
-            initializer=_process_start,
-            initargs=(os.getpid(), pdeathsig, threads),
-        )
+        self._pool = owned_process_pool(threads)
         # built as a task, not in the initializer: a bad preset raises its own error
         self.built = self._pool.submit(_process_build, frame0, mask0, settings, spacing_mm, threads)
 
@@ -253,11 +267,13 @@ class _Pending:
     arrival: float
     deadline: float | None
     budget_s: float | None
-    sam: Any = None
+    sam: Future | None = None  # SAM's answer for this frame (None: skipped for a newer one)
     job: _Job | None = None
     slot: _Slot | None = None
     schedule: Schedule | None = None
-    reason: str = ""  # why no registration was started
+    reason: str = ""  # why there is no usable registration
+    result: FrameResult | None = None  # the registration, once taken in and usable
+    taken_in: bool = False  # the registration's outcome is in result or reason
 
     @property
     def budget_ms(self) -> float:
@@ -309,7 +325,8 @@ class RealtimeTracker:
     sam_tracker : object, optional
         For methods "sam" and "hybrid": a tracker with ``init(frame0, mask0)`` and
         ``step(frame) -> SamAnswer``, e.g. ``regtrack.sam.SamTracker(model)`` around a model
-        already loaded (default: loaded from ``settings.sam_checkpoint``).
+        already loaded; it steps in a thread of this process. Default: SAM2.1 loaded from
+        ``settings.sam_checkpoint`` in a process of its own.
 
     Notes
     -----
@@ -318,6 +335,9 @@ class RealtimeTracker:
     ``reason`` says why). A registration starts from the newest finished answer when it is
     submitted (``start_age`` frames old). A registration that finishes late never replaces
     a newer answer; a worker that dies is replaced, and its frame answered by the fallback.
+    SAM's answer for a frame takes part (gate, fallback) when it has arrived by the time the
+    frame is answered, which a failed or late registration waits for until the deadline;
+    otherwise ``sam_score`` is NaN and ``reason`` says that SAM was not ready.
 
     Examples
     --------
@@ -359,13 +379,11 @@ class RealtimeTracker:
         self.cost = CostModel(quantile=_COST_QUANTILE if self.settings.budget_s else 0.9)
         self._slots: list[_Slot] = []
         self._build_args: tuple = ()
-        self._sam = None
+        self._sam: SamWorker | None = None
         self._sam_tracker = sam_tracker
-        self._sam_model = None
         self._ready = False
         self._previous: np.ndarray | None = None
         self._previous_index = 0  # the frame whose answer _previous is
-        self._previous_by = 0  # ... and that answer's answered_by
         self._metrics: deque[float] = deque(maxlen=20)
         self._arrivals: deque[float] = deque(maxlen=9)
         self._lateness: deque[float] = deque(maxlen=_WAKE_HISTORY)
@@ -379,7 +397,14 @@ class RealtimeTracker:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers (registrations still running are abandoned)."""
+        """Stop the workers and SAM (registrations and a SAM step still running are
+        abandoned)."""
+        self._close_registrations()
+        if self._sam is not None:
+            self._sam.close()
+            self._sam = None
+
+    def _close_registrations(self) -> None:
         for slot in self._slots:
             slot.worker.close()
         self._slots = []
@@ -401,7 +426,7 @@ class RealtimeTracker:
         on every worker at once, so the first budgeted frame already has a cost model
         (default: when a budget is set).
         """
-        self.close()
+        self._close_registrations()
         frame0 = check_frame(frame0, 0)
         if frame0.ndim != 2:
             raise ValueError(f"frame 0 must be a 2D (H, W) image, got shape {frame0.shape}")
@@ -414,7 +439,7 @@ class RealtimeTracker:
             self._start_workers()
         self._frame_shape = frame0.shape
         self._previous = mask0 if previous_mask is None else np.asarray(previous_mask, bool)
-        self._previous_index = self._previous_by = next_index - 1
+        self._previous_index = next_index - 1
         self._next_index, self._ready = next_index, True
         self._metrics.clear()
         self._arrivals.clear()
@@ -450,37 +475,35 @@ class RealtimeTracker:
         runs registration alone for the whole run."""
         method = self.settings.method
         if method != "hybrid" or self._sam_tracker is not None:
-            return method  # (importing impact imports torch: seconds a registration run saves)
-        from impact.sam2_hiera import CHECKPOINT_ENV_VAR
-
-        checkpoint = self.settings.sam_checkpoint or os.environ.get(CHECKPOINT_ENV_VAR)
-        if not checkpoint:
+            return method
+        if not sam_checkpoint(self.settings):
             message = (
                 "hybrid mode has no SAM2.1 checkpoint (pass --sam-checkpoint or set "
-                f"{CHECKPOINT_ENV_VAR}); running registration alone"
+                "REGTRACK_SAM2_CHECKPOINT); running registration alone"
             )
             logger.warning(message)
             warnings.warn(message, UserWarning, stacklevel=3)
             return "registration"
         return method
 
-    def _start_sam(self, frame0, mask0):
-        """The SAM2.1 tracker for methods "sam" and "hybrid"; hybrid without one says so."""
+    def _start_sam(self, frame0, mask0) -> SamWorker | None:
+        """SAM2.1 for methods "sam" and "hybrid", started (again) from frame 0; a resumed
+        init keeps the worker and its loaded model."""
         if self.method == "registration":
             return None
-        if self._sam_tracker is not None:
-            self._sam_tracker.init(frame0, mask0)
-            return self._sam_tracker
-        from impact.sam2_hiera import CHECKPOINT_ENV_VAR
-
-        from .sam import SamTracker, load_sam2_video
-
-        if self._sam_model is None:
-            checkpoint = self.settings.sam_checkpoint or os.environ.get(CHECKPOINT_ENV_VAR)
-            self._sam_model = load_sam2_video(checkpoint, image_size=self.settings.sam_image_size)
-        tracker = SamTracker(self._sam_model)
-        tracker.init(frame0, mask0)
-        return tracker
+        sam = self._sam
+        if sam is None and self._sam_tracker is not None:
+            sam = SamWorker.in_thread(self._sam_tracker)
+        elif sam is None:  # resolved here: the process may have started before a setenv
+            checkpoint = sam_checkpoint(self.settings)
+            sam = SamWorker.in_process(checkpoint, self.settings.sam_image_size)
+        try:
+            sam.restart(frame0, mask0)
+        except BaseException:
+            sam.close()
+            self._sam = None
+            raise
+        return sam
 
     def _calibrate(self, frame0, mask0) -> None:
         """Time a few schedules on frame 0, all workers at once (as they will run)."""
@@ -522,7 +545,7 @@ class RealtimeTracker:
         """
         pending = self._dispatch(frame, arrival, budget_s, wait=True)
         while (answer := self._resolve(pending)) is None:
-            self._timed_wait([pending.job.future], self._seconds_left(pending.deadline))
+            self._timed_wait(_unfinished(pending), self._seconds_left(pending.deadline))
         return answer
 
     def stream(self, frames, *, frame_rate_hz: float) -> Iterator[FrameResult]:
@@ -558,7 +581,8 @@ class RealtimeTracker:
 
     def _wait_for_event(self, arrival: float | None, pending) -> None:
         """Sleep until a frame arrives, the oldest unanswered frame's deadline (less the
-        margin), or a registration finishes; late registrations that finished are taken in."""
+        margin), a registration finishes or SAM answers the oldest frame; late registrations
+        that finished are taken in."""
         self._collect()
         now = time.perf_counter()
         times = [arrival - now] if arrival is not None else []
@@ -568,6 +592,8 @@ class RealtimeTracker:
         running = [
             slot.job.future for slot in self._slots if slot.job and not slot.job.future.done()
         ]
+        if pending:
+            running += [f for f in _unfinished(pending[0]) if f not in running]
         self._timed_wait(running, timeout)
 
     def _timed_wait(self, futures, timeout: float | None) -> None:
@@ -613,7 +639,10 @@ class RealtimeTracker:
         budget = check_budget(budget_s, "budget_s") if budget_s is not None else None
         budget = budget or self.settings.budget_s
         pending = _Pending(index, arrival, None if budget is None else arrival + budget, budget)
-        pending.sam = self._sam.step(frame) if self._sam else None
+        if self._sam is not None:
+            pending.sam = self._sam.offer(index, frame)
+            if pending.deadline is None:  # offline: SAM's mask starts every registration
+                pending.sam.result()
         if self.method == "sam":
             return pending
         self._collect()
@@ -621,44 +650,97 @@ class RealtimeTracker:
         if slot is None:
             pending.reason = self._busy_reason()
             return pending
-        start, start_index = self._starting_mask(pending.sam, index)
+        start, start_index = self._starting_mask()
         pending.schedule = self._choose(pending.deadline, arrival, slot)
         pending.slot = slot
         pending.job = self._submit(slot, frame, start, index, pending.schedule, index - start_index)
         return pending
 
     def _resolve(self, pending: _Pending) -> FrameResult | None:
-        """The frame's answer once its registration is done or its deadline has come."""
+        """The frame's answer once its registration (and, when that fails, SAM) is done or
+        its deadline has come."""
         timing = {"arrival": pending.arrival, "budget_ms": pending.budget_ms}
-        index, sam, job = pending.index, pending.sam, pending.job
         if self.method == "sam":
-            return self._take_sam(index, sam, "", **timing)
-        if job is None:
-            return self._fallback(index, pending.reason, sam, **timing)
-        if not job.future.done():
+            return self._resolve_sam(pending, timing)
+        job = pending.job
+        if job is not None and not job.future.done():
             if self._seconds_left(pending.deadline) != 0.0:
                 return None
-            job.answered = True  # runs on; _collect takes it in when it finishes
-            meant = pending.deadline - self._margin_s()
-            self._collect()  # an earlier frame's registration may have finished meanwhile
-            late = (
-                f"deadline: registration ({pending.schedule.name}) not done within "
-                f"{pending.budget_ms:.0f} ms"
-            )
-            answer = self._fallback(index, late, sam, job.start_age, **timing)
-            self._lateness.append(max(0.0, time.perf_counter() - meant))
-            return answer
+            return self._answer_late(pending, timing)
+        if job is not None and not pending.taken_in:
+            self._take_in(pending)
+        if pending.result is None and self._waits_for_sam(pending):
+            return None
+        sam, note = self._sam_answer(pending)
+        if pending.result is None:
+            start_age = job.start_age if job else -1
+            return self._fallback(pending.index, pending.reason, sam, start_age, note, **timing)
+        return self._decide(pending.result, sam, note, **timing)
+
+    def _resolve_sam(self, pending: _Pending, timing: dict) -> FrameResult | None:
+        """Method "sam": SAM's answer for the frame when it comes in time, else the newest
+        answer SAM has given."""
+        sam, note = self._sam_answer(pending)
+        if sam is not None:
+            return self._take_sam(pending.index, sam, "", **timing)
+        if self._waits_for_sam(pending):
+            return None
+        newest = self._sam.newest
+        if newest is not None and newest[1].mask.any():
+            self._keep(newest[1].mask, newest[0])
+        return self._fallback(pending.index, f"deadline: {note}", **timing)
+
+    def _answer_late(self, pending: _Pending, timing: dict) -> FrameResult:
+        """The deadline has come before the registration: SAM's answer if it is here, else
+        the newest finished answer."""
+        job = pending.job
+        job.answered = True  # runs on; _collect takes it in when it finishes
+        meant = pending.deadline - self._margin_s()
+        self._collect()  # an earlier frame's registration may have finished meanwhile
+        late = (
+            f"deadline: registration ({pending.schedule.name}) not done within "
+            f"{pending.budget_ms:.0f} ms"
+        )
+        sam, note = self._sam_answer(pending)
+        answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
+        self._lateness.append(max(0.0, time.perf_counter() - meant))
+        return answer
+
+    def _take_in(self, pending: _Pending) -> None:
+        """A finished registration's outcome into ``pending``: the result, or why not."""
+        job, pending.taken_in = pending.job, True
         pending.slot.job = None
         error = job.future.exception()
         if isinstance(error, BrokenExecutor):  # the worker process died
-            reason = self._replace(pending.slot, error, index)
-            return self._fallback(index, reason, sam, job.start_age, **timing)
+            pending.reason = self._replace(pending.slot, error, pending.index)
+            return
         self._observe(job)
         result = job.future.result()
         if result.source != "registration":
-            return self._fallback(index, result.reason, sam, job.start_age, **timing)
-        result = replace(result, answered_by=index, start_age=job.start_age)
-        return self._decide(result, sam, **timing)
+            pending.reason = result.reason
+            return
+        pending.result = replace(result, answered_by=pending.index, start_age=job.start_age)
+
+    def _waits_for_sam(self, pending: _Pending) -> bool:
+        """SAM may still answer this frame before its deadline."""
+        left = self._seconds_left(pending.deadline)
+        return pending.sam is not None and not pending.sam.done() and left != 0.0
+
+    def _sam_answer(self, pending: _Pending):
+        """SAM's answer for this frame if it has arrived, else None and why not."""
+        if pending.sam is None:
+            return None, ""
+        if not pending.sam.done():
+            busy = self._sam.busy_with
+            return None, "SAM not ready" + ("" if busy is None else f" (busy with frame {busy})")
+        error = pending.sam.exception()
+        if error is not None:  # (offline it was raised when the frame was taken in)
+            logger.error("frame %d: SAM failed: %r", pending.index, error)
+            return None, f"SAM failed ({type(error).__name__}: {error})"
+        answer = pending.sam.result()
+        if answer is None:
+            return None, "SAM skipped this frame (busy; it takes the newest frame when free)"
+        return answer, ""
 
     def _submit(self, slot, frame, start, index, schedule: Schedule, start_age: int) -> _Job:
         submitted = time.perf_counter()
@@ -687,7 +769,7 @@ class RealtimeTracker:
             self._observe(job)
             result = job.future.result()
             if result.source == "registration":
-                self._keep(result.mask, result.index, result.index)  # late; warms the next
+                self._keep(result.mask, result.index)  # late; warms the next
 
     def _free_slot(self, deadline: float | None) -> _Slot | None:
         """A worker free for this frame; waits for a running registration to finish while
@@ -764,12 +846,15 @@ class RealtimeTracker:
             free_for_next=free,
         )
 
-    def _starting_mask(self, sam, index: int) -> tuple[np.ndarray, int]:
-        """Where the registration starts, and from which frame: SAM's mask of this frame,
-        unless it jumped away (a look-alike) or changed size beyond the area gate (a leak
-        into the neighbours); else the newest finished answer."""
-        if sam is None or not sam.mask.any():
+    def _starting_mask(self) -> tuple[np.ndarray, int]:
+        """Where the registration starts, and from which frame: SAM's newest answer when it
+        is newer than the newest finished answer (offline: SAM's mask of this frame), unless
+        it jumped away (a look-alike) or changed size beyond the area gate (a leak into the
+        neighbours); else the newest finished answer."""
+        newest = self._sam.newest if self._sam else None
+        if newest is None or newest[0] <= self._previous_index or not newest[1].mask.any():
             return self._previous, self._previous_index
+        index, sam = newest
         jump = np.linalg.norm(
             centroid_mm(sam.mask, self.spacing_mm) - centroid_mm(self._previous, self.spacing_mm)
         )
@@ -779,10 +864,14 @@ class RealtimeTracker:
             return sam.mask, index
         return self._previous, self._previous_index
 
-    def _decide(self, result: FrameResult, sam, **timing) -> FrameResult:
-        """A passing registration is the answer, unless hybrid's gate hands it to SAM."""
+    def _decide(self, result: FrameResult, sam, sam_note: str = "", **timing) -> FrameResult:
+        """A passing registration is the answer, unless hybrid's gate hands it to SAM; when
+        SAM's answer has not arrived, the registration decides alone and says so."""
         if sam is None:
-            self._keep(result.mask, result.index, result.index)
+            if self.method == "hybrid":
+                self._metrics.append(result.metric_value)
+                result = replace(result, gate="pass", reason=sam_note)
+            self._keep(result.mask, result.index)
             return self._answer(result, **timing)
         reason = metric_outlier(result.metric_value, self._metrics)
         keep = not reason
@@ -798,15 +887,15 @@ class RealtimeTracker:
         if not keep and sam.mask.any():
             return self._take_sam(result.index, sam, reason, result.start_age, **timing)
         self._metrics.append(result.metric_value)
-        self._keep(result.mask, result.index, result.index)
+        self._keep(result.mask, result.index)
         result = replace(result, sam_score=sam.score, gate="pass", reason=reason)
         return self._answer(result, **timing)
 
-    def _keep(self, mask: np.ndarray, index: int, answered_by: int) -> None:
+    def _keep(self, mask: np.ndarray, index: int) -> None:
         """The answer of a newer frame than the last one kept is where the next one starts;
         an older one arriving late changes nothing."""
         if index > self._previous_index:
-            self._previous, self._previous_index, self._previous_by = mask, index, answered_by
+            self._previous, self._previous_index = mask, index
 
     def _answer(self, result: FrameResult, *, arrival: float, budget_ms: float) -> FrameResult:
         latency_ms = (time.perf_counter() - arrival) * 1e3
@@ -824,14 +913,18 @@ class RealtimeTracker:
             start_age=start_age,
         )
         if sam.mask.any():
-            self._keep(sam.mask, index, -1)
+            self._keep(sam.mask, index)
         return self._answer(result, **timing)
 
-    def _fallback(self, index: int, reason: str, sam=None, start_age: int = -1, **timing):
+    def _fallback(
+        self, index: int, reason: str, sam=None, start_age: int = -1, sam_note="", **timing
+    ):
         """No usable registration of this frame: SAM's mask when there is one, else the
         newest finished answer."""
         if sam is not None and sam.mask.any():
             return self._take_sam(index, sam, reason, start_age, **timing)
+        if sam_note and sam_note not in reason:
+            reason = f"{reason}; {sam_note}"
         logger.info(
             "frame %d answered with frame %d's answer: %s", index, self._previous_index, reason
         )
@@ -840,10 +933,16 @@ class RealtimeTracker:
             mask=self._previous,
             source="previous",
             reason=reason,
-            answered_by=self._previous_by,
+            answered_by=self._previous_index,
             start_age=start_age,
         )
         return self._answer(result, **timing)
+
+
+def _unfinished(pending: _Pending) -> list[Future]:
+    """What a frame still waits for: its registration, SAM's answer."""
+    futures = [pending.job.future if pending.job else None, pending.sam]
+    return [future for future in futures if future is not None and not future.done()]
 
 
 def _mark_finished(job: _Job) -> None:
