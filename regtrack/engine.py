@@ -370,12 +370,16 @@ class Engine:
             )
             points[:, local[0], local[1]], refined = refinement.points, refinement.accepted
         candidate, passed_over = "registration", ""
-        if points is not None and self.settings.flow_candidate:
+        fine = float(np.hypot(*shift)) <= self.settings.flow_max_shift_mm
+        if points is not None and self.settings.flow_candidate and fine:
             near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
             local = _within(near, area)
             choice = self._choose(frame, near, points[:, local[0], local[1]], shift)
             points[:, local[0], local[1]] = choice.chosen.points
             candidate, passed_over = choice.chosen.name, choice.reason
+        elif points is not None and self.settings.flow_candidate:
+            # No flow is computed where it could not answer: the target is far from frame 0.
+            passed_over = f"target {np.hypot(*shift):.0f} mm from frame 0"
         if points is None:
             mask = warp_mask(self.first_mask, registration)
         else:
