@@ -7,7 +7,8 @@ Cases, all scored in one run with the official TrackRAD metrics (:mod:`regtrack.
 - semi-synthetic cases (``--semi``): frame 0 and the first label of each real case, warped by
   known breathing + jump motion with noise and per-frame min-max scaling, built at run time
   from the case folder (nothing of the real case is stored);
-- phantom case sets (``--cases``): ``benchmark``, ``appearance``, ``severe``, ``realistic``.
+- phantom case sets (``--cases``): ``benchmark``, ``appearance``, ``severe``, ``realistic``,
+  ``fine``.
 
 Methods: regtrack (``regtrack`` = default settings, ``regtrack:<preset>``, and any setting
 changed with ``+name=value``, e.g. ``regtrack+flatten_sigma_mm=10``) and the peers
@@ -554,7 +555,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cases",
         default=None,
-        help="comma-separated phantom sets: benchmark, appearance, severe, "
+        help="comma-separated phantom sets: benchmark, appearance, severe, fine, "
         "realistic, all, or none (default: benchmark without --cases-dir, "
         "none with it)",
     )
