@@ -361,25 +361,24 @@ class Engine:
         points = mapped_points(
             registration.transform_parameters, frame.shape, self.spacing_mm, box=area
         )
-        refined = False
-        if points is not None and self.settings.refine_flow:
-            near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
-            local = _within(near, area)
-            refinement = refine_points(
-                frame[near], self.frame0, points[:, local[0], local[1]], self.spacing_mm
-            )
-            points[:, local[0], local[1]], refined = refinement.points, refinement.accepted
-        candidate, passed_over = "registration", ""
+        refined, candidate, passed_over = False, "registration", ""
+        near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
+        local = _within(near, area)
         fine = float(np.hypot(*shift)) <= self.settings.flow_max_shift_mm
         if points is not None and self.settings.flow_candidate and fine:
-            near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
-            local = _within(near, area)
+            # Against the registration before its refinement: the agreement check allows
+            # millimetres, and the refinement is not needed when the flow answers.
             choice = self._choose(frame, near, points[:, local[0], local[1]], shift)
             points[:, local[0], local[1]] = choice.chosen.points
             candidate, passed_over = choice.chosen.name, choice.reason
         elif points is not None and self.settings.flow_candidate:
             # No flow is computed where it could not answer: the target is far from frame 0.
             passed_over = f"target {np.hypot(*shift):.0f} mm from frame 0"
+        if points is not None and self.settings.refine_flow and candidate == "registration":
+            refinement = refine_points(
+                frame[near], self.frame0, points[:, local[0], local[1]], self.spacing_mm
+            )
+            points[:, local[0], local[1]], refined = refinement.points, refinement.accepted
         if points is None:
             mask = warp_mask(self.first_mask, registration)
         else:
