@@ -7,7 +7,8 @@ Cases, all scored in one run with the official TrackRAD metrics (:mod:`regtrack.
 - semi-synthetic cases (``--semi``): frame 0 and the first label of each real case, warped by
   known breathing + jump motion with noise and per-frame min-max scaling, built at run time
   from the case folder (nothing of the real case is stored);
-- phantom case sets (``--cases``): ``benchmark``, ``appearance``, ``severe``, ``realistic``.
+- phantom case sets (``--cases``): ``benchmark``, ``appearance``, ``severe``, ``realistic``,
+  ``fine``.
 
 Methods: regtrack (``regtrack`` = default settings, ``regtrack:<preset>``, and any setting
 changed with ``+name=value``, e.g. ``regtrack+flatten_sigma_mm=10``) and the peers
@@ -272,7 +273,8 @@ def real_case(folder: Path, max_frames: int | None) -> BenchCase:
     stop = len(case.frames) if max_frames is None else min(max_frames, len(case.frames))
     frames = np.asarray(case.frames[0:stop], dtype=np.float32)
     labels = np.asarray(case.labels[0:stop], dtype=np.uint8)
-    return BenchCase(case.name, "real", frames, labels, case.spacing_mm, case.scanned_region)
+    kind = "synthetic" if "synthetic" in folder.parent.name else "real"
+    return BenchCase(case.name, kind, frames, labels, case.spacing_mm, case.scanned_region)
 
 
 def semi_cases(folder: Path, max_frames: int | None) -> list[BenchCase]:
@@ -332,12 +334,15 @@ def phantom_sets() -> dict:
 def load_cases(args) -> list[BenchCase]:
     """Every case the command line asks for, real ones first."""
     cases: list[BenchCase] = []
-    folders = find_case_folders(args.cases_dir) if args.cases_dir else []
-    if args.cases_dir and not folders:
-        raise SystemExit(
-            f"--cases-dir {args.cases_dir}: no TrackRAD case folder with"
-            " targets/<case>_labels.mha found in it or its subfolders"
-        )
+    folders = []
+    for cases_dir in args.cases_dir or []:
+        found = find_case_folders(cases_dir)
+        if not found:
+            raise SystemExit(
+                f"--cases-dir {cases_dir}: no TrackRAD case folder with"
+                " targets/<case>_labels.mha found in it or its subfolders"
+            )
+        folders += found
     cases += [real_case(folder, args.max_frames) for folder in folders]
     if args.semi:
         if not folders:
@@ -361,25 +366,36 @@ def method_ranks(by_method: dict, key: str = "dsc") -> dict[str, float]:
 
 
 def rank_agreement(results: dict, kinds: dict[str, str]) -> dict[str, dict]:
-    """For every non-real case: the methods' DSC ranks, and Kendall's tau with the mean rank
-    over the real cases (1: the same order), and whether the order is exactly the same."""
-    from scipy.stats import kendalltau
-
-    real = [c for c, kind in kinds.items() if kind == "real"]
+    """For every case: the methods' DSC ranks and, for each reference kind present (the real
+    cases, the generated synthetic_dev cases), Kendall's tau with the mean rank over that kind's
+    cases (1: the same order) and whether the order is exactly the same."""
     ranks = {case: method_ranks(by_method) for case, by_method in results.items()}
     agreement = {case: {"ranks": r} for case, r in ranks.items()}
-    if not real:
-        return agreement
-    methods = list(ranks[real[0]])
-    reference = np.mean([[ranks[c][m] for m in methods] for c in real], axis=0)
+    for reference_kind in REFERENCE_KINDS:
+        members = [c for c, kind in kinds.items() if kind == reference_kind]
+        if members:
+            _agree_with(ranks, members, reference_kind, agreement)
+    return agreement
+
+
+REFERENCE_KINDS = ("real", "synthetic")
+"""The kinds of case a ranking is compared with: what a phantom set must predict."""
+
+
+def _agree_with(ranks: dict, members: list[str], reference_kind: str, agreement: dict) -> None:
+    from scipy.stats import kendalltau
+
+    methods = list(ranks[members[0]])
+    reference = np.mean([[ranks[c][m] for m in methods] for c in members], axis=0)
     for case, r in ranks.items():
+        if case in members and reference_kind != "real":
+            continue
         order = [r[m] for m in methods]
         tau = kendalltau(reference, order).statistic if len(methods) > 1 else 1.0
-        agreement[case]["kendall_tau_vs_real"] = float(tau)
-        agreement[case]["same_order_as_real"] = bool(
+        agreement[case][f"kendall_tau_vs_{reference_kind}"] = float(tau)
+        agreement[case][f"same_order_as_{reference_kind}"] = bool(
             np.array_equal(np.argsort(reference), np.argsort(order))
         )
-    return agreement
 
 
 # -------------------------------------------------------------------------------------- table
@@ -419,8 +435,10 @@ def format_results(results: dict, kinds: dict[str, str], agreement: dict) -> str
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
-        "| case | kind | " + " | ".join(methods) + " | DSC ranks | tau vs real |",
-        "|---" * (len(methods) + 4) + "|",
+        "| case | kind | "
+        + " | ".join(methods)
+        + " | DSC ranks | tau vs real | tau vs synthetic |",
+        "|---" * (len(methods) + 5) + "|",
     ]
     for case, by_method in results.items():
         cells = [
@@ -431,16 +449,18 @@ def format_results(results: dict, kinds: dict[str, str], agreement: dict) -> str
         ]
         info = agreement.get(case, {})
         ranks = " ".join(f"{info['ranks'][m]:g}" for m in methods if m in info.get("ranks", {}))
-        tau = info.get("kendall_tau_vs_real")
-        tau_text = (
-            "-" if tau is None else f"{tau:+.2f}" + (" same" if info["same_order_as_real"] else "")
-        )
-        lines.append(
-            f"| {case} | {kinds[case]} | " + " | ".join(cells) + f" | {ranks} | {tau_text} |"
-        )
+        taus = " | ".join(_tau_text(info, kind) for kind in REFERENCE_KINDS)
+        lines.append(f"| {case} | {kinds[case]} | " + " | ".join(cells) + f" | {ranks} | {taus} |")
     lines.append("")
     lines.append("Cells: DSC / centre distance mm. Ranks by DSC, in the column order (1 = best).")
     return "\n".join(lines)
+
+
+def _tau_text(info: dict, reference_kind: str) -> str:
+    tau = info.get(f"kendall_tau_vs_{reference_kind}")
+    if tau is None:
+        return "-"
+    return f"{tau:+.2f}" + (" same" if info[f"same_order_as_{reference_kind}"] else "")
 
 
 # --------------------------------------------------------------------------------------- main
@@ -491,7 +511,7 @@ def main(argv=None) -> int:
 
 
 def _cases_label(args) -> str:
-    parts = [f"cases in {args.cases_dir}"] if args.cases_dir else []
+    parts = [f"cases in {d}" for d in args.cases_dir or []]
     parts += ["semi-synthetic from them"] if args.semi else []
     return ", ".join(parts + [f"phantom set {s}" for s in args.cases]) or "none"
 
@@ -522,8 +542,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cases-dir",
         type=Path,
-        default=None,
-        help="folder of TrackRAD-layout cases with labels (or one case folder)",
+        action="append",
+        help="folder of TrackRAD-layout cases with labels (or one case folder); repeat. "
+        "Cases in a folder whose name holds 'synthetic' (synthetic_dev) count as "
+        "generated cases with exact truth (kind 'synthetic'), the others as real",
     )
     parser.add_argument(
         "--semi",
@@ -533,7 +555,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cases",
         default=None,
-        help="comma-separated phantom sets: benchmark, appearance, severe, "
+        help="comma-separated phantom sets: benchmark, appearance, severe, fine, "
         "realistic, all, or none (default: benchmark without --cases-dir, "
         "none with it)",
     )

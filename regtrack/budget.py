@@ -24,11 +24,14 @@ class Schedule:
     """A fraction of the preset's iterations and spatial samples (1.0 and 1.0: the preset),
     and the image pyramid: "" keeps the preset's, "recursive" smooths and downsamples each
     level from the one before (elastix's Recursive pyramid) instead of smoothing the whole
-    image for every level, which is most of a small registration's fixed cost."""
+    image for every level, which is most of a small registration's fixed cost.
+    ``flow_candidate`` False skips the engine's second answer by optical flow (a full-resolution
+    flow over the target's neighbourhood, :mod:`regtrack.candidates`) on this rung."""
 
     iterations: float = 1.0
     samples: float = 1.0
     pyramid: str = ""
+    flow_candidate: bool = True
 
     @property
     def name(self) -> str:
@@ -44,14 +47,16 @@ class Schedule:
 # so the top rungs keep the preset's (benchmarks/budget.py --ladder). On the phantoms,
 # 1 level x 10 iterations lost 0.05-0.2 DSC on the jump and large-organ cases, so the
 # ladder stops here.
+# The rungs from half down also skip the flow candidate: they exist for budgets too tight for
+# the full schedule, where its full-resolution flow would cost as much again.
 LADDER = (
     Schedule(1.0, 1.0),
     Schedule(0.67, 0.75),
-    Schedule(0.5, 0.5, "recursive"),
-    Schedule(0.33, 0.5, "recursive"),
-    Schedule(0.25, 0.35, "recursive"),
-    Schedule(0.17, 0.25, "recursive"),
-    Schedule(0.1, 0.2, "recursive"),
+    Schedule(0.5, 0.5, "recursive", flow_candidate=False),
+    Schedule(0.33, 0.5, "recursive", flow_candidate=False),
+    Schedule(0.25, 0.35, "recursive", flow_candidate=False),
+    Schedule(0.17, 0.25, "recursive", flow_candidate=False),
+    Schedule(0.1, 0.2, "recursive", flow_candidate=False),
 )
 _PYRAMIDS = {"recursive": "RecursiveImagePyramid"}
 

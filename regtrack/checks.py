@@ -106,6 +106,8 @@ _SIZES = (
     ("max_area_ratio", None, False),
     ("max_jump_mm", None, False),
     ("agree_mm", None, False),
+    ("candidate_agree_mm", None, False),
+    ("flow_max_shift_mm", None, True),
     ("sam_image_size", "--sam-image-size", False),
 )
 

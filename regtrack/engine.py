@@ -20,6 +20,7 @@ import numpy as np
 
 from . import itk_elastix
 from .budget import LADDER, Schedule, check_budget, scaled_maps
+from .candidates import Candidate, Choice, choose_candidate, flow_candidate
 from .checks import check_tracker_settings, has_signal
 from .features import (
     NATIVE_IMPACT_MISSING,
@@ -87,6 +88,16 @@ class TrackerSettings:
         After each registration, correct the map near the target by optical flow between
         frame t and frame 0 as the registration left it (:mod:`regtrack.refine`), kept only
         when it makes the two look more alike there.
+    flow_candidate : bool
+        Besides the registration, map the target's neighbourhood by optical flow from frame t
+        straight to frame 0, and let the flow answer while the motion is fine
+        (:mod:`regtrack.candidates`): flow wins fine, sliding motion of a faint target, the
+        registration large motion. ``FrameResult.candidate`` says which answered.
+    candidate_agree_mm, flow_max_shift_mm : float
+        The flow answers only while the previous answer lies within ``flow_max_shift_mm`` of
+        the target's frame-0 place and the flow's target within ``candidate_agree_mm`` of the
+        registration's: flow straight to frame 0 loses the target after a jump without
+        telling.
     min_area_ratio, max_area_ratio : float
         Quality gate: a registered mask whose area leaves this range relative to the previous
         frame's answer is rejected and the previous mask kept (through-plane motion changes
@@ -135,6 +146,9 @@ class TrackerSettings:
     agree_mm: float = 3.0
     calibrate_step_sizes: bool = True
     refine_flow: bool = True
+    flow_candidate: bool = True
+    candidate_agree_mm: float = 3.0
+    flow_max_shift_mm: float = 15.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -163,6 +177,9 @@ class FrameResult:
     finished earlier result answers (0: the given mask), -1 when SAM's mask of this frame
     answers. ``start_age`` is how many frames old the position was that this frame's
     registration started from (0: SAM's mask of this frame; -1: no registration started).
+    ``candidate`` says which map answered a registered frame ("registration" or "flow",
+    :mod:`regtrack.candidates`; "" when none did) and ``candidate_reason`` why the flow was
+    passed over.
     """
 
     index: int
@@ -187,6 +204,8 @@ class FrameResult:
     refined: bool = False
     answered_by: int = -1
     start_age: int = -1
+    candidate: str = ""
+    candidate_reason: str = ""
 
     def record(self) -> dict:
         """The JSON-serialisable per-frame record (no arrays)."""
@@ -343,10 +362,23 @@ class Engine:
         points = mapped_points(
             registration.transform_parameters, frame.shape, self.spacing_mm, box=area
         )
-        refined = False
-        if points is not None and self.settings.refine_flow:
-            near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
-            local = _within(near, area)
+        refined, candidate, passed_over = False, "registration", ""
+        near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
+        local = _within(near, area)
+        fine = float(np.hypot(*shift)) <= self.settings.flow_max_shift_mm
+        lean = not schedule.flow_candidate  # a small rung under a tight budget: no second map
+        if points is not None and self.settings.flow_candidate and lean:
+            passed_over = f"no flow on schedule {schedule.name}"
+        elif points is not None and self.settings.flow_candidate and fine:
+            # Against the registration before its refinement: the agreement check allows
+            # millimetres, and the refinement is not needed when the flow answers.
+            choice = self._choose(frame, near, points[:, local[0], local[1]], shift)
+            points[:, local[0], local[1]] = choice.chosen.points
+            candidate, passed_over = choice.chosen.name, choice.reason
+        elif points is not None and self.settings.flow_candidate:
+            # No flow is computed where it could not answer: the target is far from frame 0.
+            passed_over = f"target {np.hypot(*shift):.0f} mm from frame 0"
+        if points is not None and self.settings.refine_flow and candidate == "registration":
             refinement = refine_points(
                 frame[near], self.frame0, points[:, local[0], local[1]], self.spacing_mm
             )
@@ -380,8 +412,29 @@ class Engine:
             elapsed_ms=(time.perf_counter() - start) * 1e3,
             refined=refined,
             displacement_mm=field_mm if return_fields else None,
+            candidate=candidate,
+            candidate_reason=passed_over,
             **common,
         )
+
+    def _choose(self, frame, near, registered, shift) -> Choice:
+        """The registration's map of the ``near`` part or the flow's (:mod:`.candidates`)."""
+        value_range = (float(self.frame0.min()), float(self.frame0.max()))
+        flow = flow_candidate(frame, self.frame0, near, shift, self.spacing_mm, value_range)
+        registration = Candidate("registration", registered)
+        return choose_candidate(
+            registration,
+            flow,
+            centroids_mm=[self._centroid(c.points) for c in (registration, flow)],
+            target_shift_mm=float(np.hypot(*shift)),
+            agree_mm=self.settings.candidate_agree_mm,
+            max_shift_mm=self.settings.flow_max_shift_mm,
+        )
+
+    def _centroid(self, points) -> np.ndarray | None:
+        """Centroid (mm, within the part) of mask(0) pulled back by ``points``; None if empty."""
+        mask = warp_mask_to(self.first_mask, points, self.spacing_mm)
+        return centroid_mm(mask, self.spacing_mm) if mask.any() else None
 
 
 # The calibration run offsets frame 0 from itself by this much (mm), so the metric has the

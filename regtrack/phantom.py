@@ -58,6 +58,7 @@ __all__ = [
     "APPEARANCE_SPECS",
     "BENCHMARK_SPECS",
     "CASE_SETS",
+    "FINE_MOTION_SPECS",
     "NAMED_SPECS",
     "REALISTIC_SPECS",
     "SEMI_SYNTHETIC_SPECS",
@@ -1779,11 +1780,70 @@ large target, through-plane change of the anatomy, every frame min-max scaled to
 own, and (``mr_abdomen_jump``) the 40 mm abdominal jump of the development case. Not part of
 :data:`CASE_SETS`; the accuracy benchmark offers them as ``--cases realistic``."""
 
+FINE_MOTION_SPECS: dict[str, PhantomSpec] = {
+    "fine_drift": PhantomSpec(
+        name="fine_drift",
+        n_frames=60,
+        frame_rate_hz=4.0,
+        site="liver",
+        tumour_radius_mm=13.0,
+        tumour_contrast=0.15,
+        tumour_contrast_change=-0.4,
+        breathing_amplitude_mm=10.0,
+        intensity_drift=0.6,
+        bias_strength=0.3,
+        snr=15.0,
+        seed=601,
+    ),
+    "fine_slab_blend": PhantomSpec(
+        name="fine_slab_blend",
+        n_frames=60,
+        frame_rate_hz=4.0,
+        site="liver",
+        tumour_radius_mm=13.0,
+        tumour_contrast=0.15,
+        breathing_amplitude_mm=10.0,
+        anatomy_change=0.5,
+        snr=15.0,
+        seed=602,
+    ),
+    "fine_faint": PhantomSpec(
+        name="fine_faint",
+        n_frames=40,
+        frame_rate_hz=2.0,
+        site="liver",
+        tumour_radius_mm=13.0,
+        tumour_contrast=0.04,
+        breathing_amplitude_mm=10.0,
+        snr=10.0,
+        seed=603,
+    ),
+    "fine_faint_blend_thorax": PhantomSpec(
+        name="fine_faint_blend_thorax",
+        n_frames=60,
+        frame_rate_hz=4.0,
+        site="lung",
+        tumour_radius_mm=9.0,
+        tumour_contrast=0.06,
+        breathing_amplitude_mm=7.0,
+        anatomy_change=0.5,
+        snr=12.0,
+        seed=604,
+    ),
+}
+"""Fine motion that slides: the content moves a few mm past the still chest wall and spine
+(the cavity's motion stops at its walls), each case with one more difficulty: grey values
+that drift (gain, bias, fading tumour), blending in a neighbouring slab (``anatomy_change``),
+a faint tumour at low SNR and 2 Hz, a faint lung tumour near the chest wall with slab
+blending. The kind of case ``synthetic_dev`` holds, where plain optical flow beat the
+registration; offered as ``--cases fine``."""
+
 CASE_SETS: dict[str, dict[str, PhantomSpec]] = {
     "benchmark": BENCHMARK_SPECS,
     "appearance": APPEARANCE_SPECS,
     "severe": SEVERE_SPECS,
     "realistic": REALISTIC_SPECS,
+    "fine": FINE_MOTION_SPECS,
 }
 """The named case sets, in the order the README and the benchmark pages show them."""
 

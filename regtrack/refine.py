@@ -16,7 +16,7 @@ import numpy as np
 
 from .intensity import flatten_intensity
 
-__all__ = ["Refinement", "refine_points"]
+__all__ = ["Refinement", "local_ncc", "refine_points", "sample"]
 
 _FLOW_PRESET = "MEDIUM"
 _WINDOW_PX = 9
@@ -69,6 +69,21 @@ def refine_points(frame, frame0, points, spacing_mm, region=None) -> Refinement:
     if not ncc_after > ncc_before:
         return Refinement(points, False, ncc_before, ncc_after)
     return Refinement(refined, True, ncc_before, ncc_after)
+
+
+def sample(image: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``image`` at the (row, col) pixel positions ``at`` (2, h, w), linear, edge values
+    outside."""
+    import cv2
+
+    return _sample(cv2, image, at)
+
+
+def local_ncc(a: np.ndarray, others, where: np.ndarray) -> list[float]:
+    """Mean local normalised correlation of ``a`` with each of ``others`` over ``where``."""
+    import cv2
+
+    return _ncc(cv2, a, others, where)
 
 
 def _sample(cv2, image: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -121,6 +121,22 @@ def test_case_folders_are_found_in_a_folder_of_cases_or_as_one_case(tmp_path):
     assert accuracy.find_case_folders(first) == [first]
 
 
+def test_cases_dir_repeats_and_synthetic_dev_is_a_reference_of_its_own(tmp_path):
+    _write_case(tmp_path / "data", "A_001")
+    _write_case(tmp_path / "data" / "synthetic_dev", "d01_x")
+    argv = ["--cases-dir", str(tmp_path / "data"), "--cases-dir"]
+    args = accuracy.parse_args([*argv, str(tmp_path / "data" / "synthetic_dev")])
+    kinds = {case.name: case.kind for case in accuracy.load_cases(args)}
+    assert kinds == {"A_001": "real", "d01_x": "synthetic"}
+    results = {
+        "A_001": {"a": {"dsc": 0.9}, "b": {"dsc": 0.8}},
+        "d01_x": {"a": {"dsc": 0.7}, "b": {"dsc": 0.8}},
+        "p": {"a": {"dsc": 0.5}, "b": {"dsc": 0.6}},
+    }
+    agreement = accuracy.rank_agreement(results, {**kinds, "p": "phantom"})
+    assert agreement["p"]["same_order_as_synthetic"] and not agreement["p"]["same_order_as_real"]
+
+
 def test_one_run_scores_real_semi_synthetic_and_phantom_cases(tmp_path, capsys, monkeypatch):
     from regtrack.phantom import PhantomSpec
 

@@ -12,6 +12,7 @@ from regtrack.io import write_trackrad_case
 from regtrack.phantom import (
     APPEARANCE_SPECS,
     BENCHMARK_SPECS,
+    FINE_MOTION_SPECS,
     REALISTIC_SPECS,
     SEMI_SYNTHETIC_SPECS,
     PhantomCase,
@@ -434,3 +435,13 @@ def test_semisynthetic_rejects_bad_input():
         generate_semisynthetic(frame, mask, jump=(1, 2))
     with pytest.raises(ValueError, match="window_sigma_mm"):
         SemiSyntheticSpec(window_sigma_mm=5.0)
+
+
+@pytest.mark.parametrize("name", sorted(FINE_MOTION_SPECS))
+def test_fine_motion_cases_move_a_few_mm_and_slide_at_the_walls(name):
+    case = generate_phantom(FINE_MOTION_SPECS[name], n_frames=24)
+    assert case.masks.any(axis=(1, 2)).all()
+    travel = np.ptp(case.centroids_mm, axis=0)
+    assert 2.0 < travel[0] < 15.0, travel  # fine: within what the flow candidate answers
+    assert np.all(case.displacement_mm[:, ~case.cavity_mask] == 0)  # the walls stay put
+    assert case.spec.tumour_contrast <= 0.15

@@ -152,10 +152,11 @@ def test_folder_without_results_gives_one_clear_error(tmp_path, capsys):
 #: rejected (quality gate, hybrid gate), 5 and 6 out of time, 2 and 7 passed.
 _KNOWN_ANSWERS = [
     {"source": "given"},
-    {"source": "registration", "schedule": "it1/s1"},
+    {"source": "registration", "schedule": "it1/s1", "candidate": "flow"},
     {
         "source": "registration",
         "schedule": "it1/s1",
+        "candidate": "registration",
         "gate": "pass",
         "sam_score": 0.8,
         "reason": "SAM disagreed by 3.1 mm (moved 1.0 mm); kept registration",
@@ -266,6 +267,8 @@ def test_optional_record_keys_reach_the_timeline(synthetic_run, tmp_path):
     assert on_page["fallback frames"] == "4" and on_page["gate rejections"] == "2"
     assert on_page["budget"] == "150 ms per frame, missed on 2 frames"
     assert on_page["schedules"] == "full on 3 frames; 50 % iterations, 50 % samples on 1 frame"
+    assert facts["candidates"] == {"flow": 1, "registration": 1}
+    assert on_page["answered by"] == "flow on 1 frame; registration on 1 frame"
 
 
 def test_a_sam_only_run_is_not_a_run_of_fallbacks(synthetic_run, tmp_path):

@@ -239,6 +239,7 @@ _CASE_SET_TITLES = {
     "appearance": "Appearance-stress cases",
     "severe": "Severe appearance cases",
     "realistic": "MR-like cases (smooth organs, per-frame 0..255 scaling)",
+    "fine": "Fine sliding motion (drift, slab blending, faint target)",
 }
 """Page headings of :data:`regtrack.phantom.CASE_SETS`."""
 

@@ -497,6 +497,10 @@ def summary(run: RunData) -> dict[str, Any]:
         sources[str(r.get("source"))] = sources.get(str(r.get("source")), 0) + 1
     budget = [_as_float(r.get("budget_ms")) for r in records]
     budget = [b for b in budget if math.isfinite(b)]  # NaN: ran without a budget
+    candidates: dict[str, int] = {}  # which map answered a registered frame (engine.FrameResult)
+    for r in records:
+        if r.get("candidate"):
+            candidates[r["candidate"]] = candidates.get(r["candidate"], 0) + 1
     schedules: dict[str, int] = {}
     for r in records:
         label = schedule_words(r.get("schedule"))
@@ -519,6 +523,7 @@ def summary(run: RunData) -> dict[str, Any]:
         "deadline_missed_frames": int(sum(missed_deadline(r) for r in records)),
         "budget_ms": float(np.median(budget)) if budget else None,
         "schedules": schedules,
+        "candidates": candidates,
         "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
         "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None,
         "ms_per_frame_max": float(ms.max()) if ms.size else None,

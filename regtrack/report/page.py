@@ -372,6 +372,9 @@ def _fact_rows(run, facts: dict) -> list[tuple[str, str]]:
     if facts["schedules"]:
         counts = (f"{name} on {n} frame{'s' * (n != 1)}" for name, n in facts["schedules"].items())
         rows.append(("schedules", "; ".join(counts)))
+    if facts.get("candidates"):
+        counts = (f"{name} on {n} frame{'s' * (n != 1)}" for name, n in facts["candidates"].items())
+        rows.append(("answered by", "; ".join(counts)))
     if facts["scanned_region"]:
         rows.append(("scanned region", facts["scanned_region"]))
     rows.append(("ground truth", "yes" if facts["has_ground_truth"] else "no"))
