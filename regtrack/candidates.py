@@ -6,15 +6,17 @@ and the target is faint; plain optical flow from frame t straight to frame 0 is 
 exact for fine motion, lost after a jump. Each frame therefore gets both maps of the target's
 neighbourhood (frame-t pixel -> frame-0 position):
 
-- ``registration``: the B-spline registration with its local refinement (:mod:`.refine`);
-- ``flow``: DIS optical flow from frame t to frame 0 over the whole frame, started from the
-  translation that carries the previous answer back to frame 0.
+- ``registration``: the B-spline registration (refined by :mod:`.refine` when it answers);
+- ``flow``: DIS optical flow from frame t to frame 0 at full resolution over the target's
+  neighbourhood plus some context, started from the translation that carries the previous
+  answer back to frame 0.
 
 The flow answers while the motion is fine: the target is within ``max_shift_mm`` of where it
 was in frame 0 and the flow's target lands within ``agree_mm`` of the registration's.
-Otherwise the registration answers. Measured on the development data, the flow was as good
-as or better than the registration below 20 mm from frame 0 and lost 0.02 DSC a frame beyond
-(the real case after its 40 mm jump). A local similarity (NCC in 9 or 21 px windows, on
+Otherwise the registration answers. Measured on the development data (whole-frame flow at
+half resolution against the refined registration), the flow was as good as or better than
+the registration below 20 mm from frame 0 and lost 0.02 DSC a frame beyond (the real case
+after its 40 mm jump). A local similarity (NCC in 9 or 21 px windows, on
 intensities or gradients, SSD) did not pick the better of the two: the registration, which
 maximises a similarity, also scores best on one where it is wrong (slab blending, noise).
 """
