@@ -29,9 +29,8 @@ import numpy as np
 
 from .refine import sample
 
-__all__ = ["CANDIDATES", "Candidate", "Choice", "choose_candidate", "flow_candidate"]
+__all__ = ["Candidate", "Choice", "choose_candidate", "flow_candidate"]
 
-CANDIDATES = ("registration", "flow")
 _FLOW_PRESET = "MEDIUM"
 # The preset's flow stops at half resolution; at full resolution it follows fine motion better
 # (synthetic_dev mean CD 0.51 mm whole-frame at half resolution, 0.49 at full resolution over

@@ -261,6 +261,7 @@ class Engine:
     works: dict  # Schedule -> iterations x samples
     moving: Any  # frame 0, or its feature channels
     frame0: np.ndarray  # frame 0 as registered (flattened when asked), for the refinement
+    frame0_range: tuple[float, float]  # its grey-value range, the flow candidate's 8-bit scale
     extractor: FeatureExtractor | None
     first_mask: np.ndarray
     first_centroid: np.ndarray
@@ -305,6 +306,7 @@ class Engine:
             works={schedule: work for schedule, (_, work) in scaled.items()},
             moving=moving,
             frame0=frame0,
+            frame0_range=(float(frame0.min()), float(frame0.max())),
             extractor=extractor,
             first_mask=first_mask,
             first_centroid=centroid_mm(first_mask, spacing_mm),
@@ -419,8 +421,7 @@ class Engine:
 
     def _choose(self, frame, near, registered, shift) -> Choice:
         """The registration's map of the ``near`` part or the flow's (:mod:`.candidates`)."""
-        value_range = (float(self.frame0.min()), float(self.frame0.max()))
-        flow = flow_candidate(frame, self.frame0, near, shift, self.spacing_mm, value_range)
+        flow = flow_candidate(frame, self.frame0, near, shift, self.spacing_mm, self.frame0_range)
         registration = Candidate("registration", registered)
         return choose_candidate(
             registration,

@@ -78,13 +78,14 @@ def _load() -> SimpleNamespace:
         registration = module("itkElastixRegistrationMethodPython")
         transformix = module("itkTransformixFilterPython")
         buffers = module("itkPyBufferPython")
+        images = module("itkImagePython")
         common = module("ITKCommonBasePython")
     return SimpleNamespace(
         ParameterObject=parameters.elastixParameterObject,
         RegistrationMethod=registration.itkElastixRegistrationMethodIF2IF2,
         TransformixFilter=transformix.itkTransformixFilterIF2,
         buffers=buffers,
-        images=module("itkImagePython"),
+        images=images,
         MultiThreaderBase=common.itkMultiThreaderBase,
     )
 

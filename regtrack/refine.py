@@ -16,7 +16,7 @@ import numpy as np
 
 from .intensity import flatten_intensity
 
-__all__ = ["Refinement", "local_ncc", "refine_points", "sample"]
+__all__ = ["Refinement", "refine_points", "sample"]
 
 _FLOW_PRESET = "MEDIUM"
 _WINDOW_PX = 9
@@ -77,13 +77,6 @@ def sample(image: np.ndarray, at: np.ndarray) -> np.ndarray:
     import cv2
 
     return _sample(cv2, image, at)
-
-
-def local_ncc(a: np.ndarray, others, where: np.ndarray) -> list[float]:
-    """Mean local normalised correlation of ``a`` with each of ``others`` over ``where``."""
-    import cv2
-
-    return _ncc(cv2, a, others, where)
 
 
 def _sample(cv2, image: np.ndarray, at: np.ndarray) -> np.ndarray:
