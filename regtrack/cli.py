@@ -42,9 +42,9 @@ def _add_progress(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _add_input_options(command: argparse.ArgumentParser) -> None:
-    """INPUT, --mask and --out, as every command that tracks a case takes them."""
-    command.add_argument("input", type=Path)
+def _add_input_options(command: argparse.ArgumentParser, many: bool = False) -> None:
+    """INPUT (one, or ``many``), --mask and --out, as every command that tracks a case takes them."""
+    command.add_argument("input", type=Path, nargs="+" if many else None)
     command.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
     command.add_argument("--out", type=Path, required=True, help="output folder")
 
@@ -136,9 +136,11 @@ def _add_track(commands) -> None:
         "track",
         help="propagate frame 0's mask through a sequence",
         description="INPUT is a TrackRAD case folder, the challenge's /input folder, or a "
-        "sequence file (.mha, .nii.gz, .nrrd) with --mask. A rerun resumes an interrupted run.",
+        "sequence file (.mha, .nii.gz, .nrrd) with --mask. Several case folders, a glob or a "
+        "folder of case folders make a batch: OUT/<case>/ per case plus OUT/summary.csv and "
+        "OUT/summary.json. A rerun resumes an interrupted run.",
     )
-    _add_input_options(track)
+    _add_input_options(track, many=True)
     track.add_argument("--output-file", type=Path, help="final masks file (default OUT/output.mha)")
     _add_tracking_options(track)
     track.add_argument("--fields", action="store_true", help="also keep displacement fields")
@@ -146,6 +148,7 @@ def _add_track(commands) -> None:
     track.add_argument(
         "--report", action="store_true", help="also write OUT/report/ (movie, plots, index.html)"
     )
+    _add_cluster_options(track, "batch: ")
     _add_progress(track)
     track.set_defaults(func=_track)
 
@@ -254,6 +257,50 @@ def _settings(args):
 
 
 def _track(args) -> int:
+    from .batch import is_batch
+
+    if is_batch(args.input):
+        return _track_batch(args)
+    if args.workers is not None or args.scheduler or args.threads_per_task is not None:
+        raise ValueError(
+            f"{args.input[0]} is one case; --workers, --scheduler and --threads-per-task run "
+            "a batch (several case folders, a glob or a folder of case folders): drop them"
+        )
+    args.input = args.input[0]
+    return _track_one(args)
+
+
+def _track_batch(args) -> int:
+    from .batch import run_batch, summary_line
+
+    for option, given in (("--mask", args.mask), ("--output-file", args.output_file)):
+        if given:
+            raise ValueError(
+                f"{option} belongs to one case; a batch reads each case folder's own files and "
+                "writes OUT/<case>/output.mha: drop it"
+            )
+    if args.report:
+        raise ValueError(
+            "--report is for one case; after a batch run `regtrack report OUT/<case>` for "
+            "the cases you want to see"
+        )
+    summary = run_batch(
+        args.input,
+        args.out,
+        settings=_checked_settings(args, args.out, None),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        threads_per_task=args.threads_per_task,
+        restart=args.restart,
+        return_fields=args.fields,
+        progress=not args.no_progress,
+    )
+    print(summary_line(summary))
+    print(f"summary: {summary.out / 'summary.csv'}, {summary.out / 'summary.json'}")
+    return 1 if summary.failed else 0
+
+
+def _track_one(args) -> int:
     from .io import read_case
     from .run import track_case
 
@@ -497,6 +544,25 @@ def _presets(args) -> int:
     return 0
 
 
+def _add_cluster_options(command: argparse.ArgumentParser, what: str = "") -> None:
+    """--scheduler, --workers and --threads-per-task: where many tasks run on dask."""
+    command.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help=f"{what}tcp://host:port of a running dask scheduler "
+        "(used as it is), or `synchronous` (no dask, one task at a time)",
+    )
+    default = "one per core" if not what else "none: one case after another here"
+    command.add_argument(
+        "--workers", type=int, help=f"{what}local dask worker processes (default: {default})"
+    )
+    command.add_argument(
+        "--threads-per-task",
+        type=int,
+        help=f"{what}ITK threads per task (default: cores / task slots)",
+    )
+
+
 def _add_sweep(commands) -> None:
     sweep = commands.add_parser(
         "sweep",
@@ -509,15 +575,7 @@ def _add_sweep(commands) -> None:
         "results", nargs="?", type=Path, metavar="RESULTS", help="with `report`: the results folder"
     )
     sweep.add_argument("--out", type=Path, help="results folder (required to run)")
-    sweep.add_argument(
-        "--scheduler",
-        help="tcp://host:port of a running dask scheduler "
-        "(used as it is), or `synchronous` (no dask, one task at a time)",
-    )
-    sweep.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    sweep.add_argument(
-        "--threads-per-task", type=int, help="ITK threads per task (default: cores / task slots)"
-    )
+    _add_cluster_options(sweep)
     sweep.add_argument("--resume", action="store_true", help="run only what RESULTS lacks")
     sweep.add_argument(
         "--retry-failed",

@@ -4,6 +4,7 @@ Each task gets a few hundred bytes (the case folder's path, the setting's values
 write) and reads its case itself, so no image goes through the scheduler. It tracks the case
 with :func:`regtrack.run.track_case` into ``RESULTS/runs/<case>/<setting id>[_r<k>]/`` (the
 per-frame ``frames.jsonl`` stays there), scores it with :func:`regtrack.metrics.evaluate_case`
+when the case has labels (an unlabelled case is tracked and timed, its scores left empty)
 and returns one small row. The client records each row in SQLite as its future completes.
 
 A task that raises is a result, not a crash: its row says ``failed`` and why, and the sweep
@@ -13,31 +14,16 @@ runs it again elsewhere, and the rerun resumes the run folder frame by frame.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import socket
-import sys
 import time
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import itk_elastix
+from .cluster import guarded, process_id, task_results, usable_cores
 from .results import RESULTS_FILE, ResultsDB
 from .spec import Setting, SweepSpec, SweepTask, load_sweep_spec
 
 __all__ = ["SweepSummary", "run_sweep", "run_task", "usable_cores"]
-
-_ATTEMPTS_FILE = "attempts.jsonl"
-_THREAD_ENV = (
-    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-)
 
 
 @dataclass
@@ -56,6 +42,8 @@ class SweepSummary:
         Keys (case, setting id, repeat) of the tasks run, in the order they finished.
     failed : int
         How many of those failed.
+    scored : int
+        How many of those were scored (the others failed or have no labels).
     seconds : float
         Wall time of the run, cluster start included.
     """
@@ -65,15 +53,8 @@ class SweepSummary:
     skipped: int = 0
     ran: list = field(default_factory=list)
     failed: int = 0
+    scored: int = 0
     seconds: float = 0.0
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- worker side
@@ -92,123 +73,25 @@ def run_task(payload: dict) -> dict:
     Returns
     -------
     dict
-        One results row (see :data:`regtrack.sweep.results.COLUMNS`).
+        One results row (see :data:`regtrack.sweep.results.COLUMNS`). A case without
+        labels is tracked and timed; its score columns stay empty.
     """
-    wall, cpu = time.perf_counter(), time.process_time()
-    run_dir = Path(payload["run_dir"])
     row = {
         "case_name": payload["case"],
         "setting_id": payload["setting_id"],
         "repeat": payload["repeat"],
         "setting": payload["setting"],
         "label": payload["label"],
-        "run_dir": str(run_dir),
-        "worker": _worker_name(),
     }
-    previous = None
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        row["attempts"] = _count_attempt(run_dir)
-        previous, row["itk_threads"] = _limit_threads(_threads_here(payload["threads"]))
-        row.update(_track_and_score(payload, run_dir))
-        row.update(status="ok", error=None)
-    except Exception as error:  # noqa: BLE001 - a failing case is a result; the sweep goes on
-        row.update(status="failed", error=f"{type(error).__name__}: {error}")
-    finally:
-        # In the caller's own process (synchronous path, in-process cluster) its setting is
-        # put back; a worker process keeps it, as tasks beside this one may still be running.
-        if previous is not None and payload.get("client") == _process_id():
-            _limit_threads(previous)
-    row["task_s"] = time.perf_counter() - wall
-    row["cpu_s"] = time.process_time() - cpu
-    return row
+    return guarded(payload, row, lambda run_dir, _: _track_and_score(payload, run_dir))
 
 
 def _track_and_score(payload: dict, run_dir: Path) -> dict:
-    """Track the case into ``run_dir`` (resuming a partial run) and score it."""
-    import numpy as np
+    """Track the case into ``run_dir`` (resuming a partial run) and score it if labelled."""
+    from regtrack.batch import track_and_score
 
-    from regtrack.evaluation import read_mask_sequence
-    from regtrack.io import read_case
-    from regtrack.metrics import METRIC_NAMES, evaluate_case
-    from regtrack.run import track_case
-    from regtrack.runfolder import RunFiles, read_records
-
-    case = read_case(payload["case_dir"])
-    if case.labels is None:
-        raise ValueError(
-            f"case folder {payload['case_dir']} has no targets/*_labels.mha; a sweep scores "
-            "every run against the ground truth, so each case needs its labels"
-        )
     settings = Setting(payload["setting_id"], payload["setting"], {}).tracker_settings()
-    with warnings.catch_warnings():
-        # Gate fallbacks warn once per frame; they are counted in the row instead.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        output = track_case(case, run_dir, settings=settings)
-    truth = np.asarray(case.labels[:], dtype=np.uint8)
-    scores = evaluate_case(read_mask_sequence(output), truth, scanned_region=case.scanned_region)
-    records = read_records(RunFiles(run_dir).records)
-    elapsed = [r["elapsed_ms"] for r in records if r["index"] > 0]
-    return {
-        **{name: scores[name] for name in METRIC_NAMES},
-        "n_frames_scored": int(scores["n_frames_scored"]),
-        "scanned_region": case.scanned_region,
-        "n_frames": len(records),
-        "fallback_frames": sum(r["source"] == "previous" for r in records),
-        "s_per_frame": float(np.mean(elapsed)) / 1e3 if elapsed else None,
-    }
-
-
-def _process_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _count_attempt(run_dir: Path) -> int:
-    """Log this start in the run folder; the count tells a retried task (> 1)."""
-    line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-    path = run_dir / _ATTEMPTS_FILE
-    with path.open("a") as log:
-        log.write(line + "\n")
-    return len(path.read_text().splitlines())
-
-
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return f"local:{os.getpid()}"
-
-
-def _threads_here(threads) -> int:
-    """The ITK thread count for this worker: per host (cores / task slots on it), or fixed."""
-    if isinstance(threads, int):
-        return threads
-    try:
-        from urllib.parse import urlparse
-
-        from distributed import get_worker
-
-        host = urlparse(get_worker().address).hostname
-        return int(threads["by_host"].get(host, threads["default"]))
-    except (ImportError, ValueError):
-        return int(threads["default"])
-
-
-def _limit_threads(n: int) -> tuple[int, int]:
-    """Set ITK's (and torch's) thread count for this process; returns (before, now).
-
-    Elastix runs its metric and resampling on ITK's global thread pool, which by default
-    takes every core: N worker processes would then run N x cores threads. The environment
-    variables only act before ITK starts, so the count is also set here, per task.
-    """
-    threader = itk_elastix.load().MultiThreaderBase
-    before = int(threader.GetGlobalDefaultNumberOfThreads())
-    threader.SetGlobalDefaultNumberOfThreads(int(n))
-    if "torch" in sys.modules:  # IMPACT feature presets run torch in the same process
-        sys.modules["torch"].set_num_threads(int(n))
-    return before, int(threader.GetGlobalDefaultNumberOfThreads())
+    return track_and_score(payload["case_dir"], run_dir, settings)
 
 
 # --------------------------------------------------------------------------- client side
@@ -289,7 +172,8 @@ def run_sweep(
                 _record_all(rows, len(payloads), db, summary, progress)
     summary.seconds = time.perf_counter() - start
     _say(
-        f"{len(summary.ran)} task(s) run, {summary.failed} failed, in "
+        f"{len(summary.ran)} task(s) run, {summary.failed} failed, {summary.scored} scored "
+        "against labels, in "
         f"{summary.seconds:.1f} s; results: {out / RESULTS_FILE}"
     )
     return summary
@@ -329,7 +213,7 @@ def _payload(task: SweepTask, out: Path) -> dict:
         "label": task.setting.label,
         "repeat": task.repeat,
         "run_dir": str(out / "runs" / task.case / task.run_name),
-        "client": _process_id(),
+        "client": process_id(),
     }
 
 
@@ -344,6 +228,7 @@ def _record_all(
             db.record(row)
             summary.ran.append((row["case_name"], row["setting_id"], row["repeat"]))
             summary.failed += row["status"] != "ok"
+            summary.scored += row.get("n_frames_scored") is not None
             if row["status"] != "ok":
                 bar.write(
                     f"failed: {row['case_name']} {row['label']} (r{row['repeat']}): {row['error']}"
@@ -357,125 +242,19 @@ def _record_all(
             bar.update(1)
 
 
-@contextmanager
 def _rows(payloads, scheduler, workers, threads_per_task, client):
     """Rows as tasks complete, from dask or (``"synchronous"``) from this process."""
-    if client is None and scheduler == "synchronous":
-        threads = threads_per_task or usable_cores()
-        yield (run_task({**p, "threads": threads}) for p in payloads)
-        return
-    with (
-        _quiet_dask_logs(),
-        _client(scheduler, workers, threads_per_task, len(payloads), client) as dask_client,
-    ):
-        _say(
-            f"dask: {len(dask_client.scheduler_info()['workers'])} worker(s) at "
-            f"{dask_client.scheduler.address}; dashboard: {_dashboard(dask_client)}"
-        )
-        threads = threads_per_task or _threads_by_host(dask_client)
-        yield _dask_rows(dask_client, payloads, threads)
-
-
-def _dashboard(client) -> str:
-    """The dashboard's address; dask serves its pages only where bokeh is installed."""
-    import importlib.util
-
-    link = getattr(client, "dashboard_link", None) or "unavailable"
-    if importlib.util.find_spec("bokeh") is None:
-        link += " (pages need bokeh: pip install 'bokeh>=3.1')"
-    return link
-
-
-@contextmanager
-def _quiet_dask_logs():
-    """Keep dask's INFO lines (every worker start and stop) out of the sweep's output.
-
-    Its warnings (a worker died, a task is retried) still show; ``--log-level INFO`` shows all.
-    """
-    import distributed  # noqa: F401 - its import sets the level this overrides
-
-    logger = logging.getLogger("distributed")
-    before = logger.level
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logger.setLevel(max(before, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
-
-
-@contextmanager
-def _client(scheduler, workers, threads_per_task, n_tasks, client):
-    """The dask client: the one given, one on ``scheduler``, or a LocalCluster of processes."""
-    if client is not None:
-        yield client
-        return
-    from distributed import Client
-
-    if scheduler:
-        with Client(scheduler) as remote:
-            yield remote
-        return
-    from distributed import LocalCluster
-
-    cores = usable_cores()
-    n_workers = max(1, min(workers or cores, n_tasks))
-    threads = threads_per_task or max(1, cores // n_workers)
-    # Set before each worker starts ITK, so even its first call runs on `threads` threads.
-    env = dict.fromkeys(_THREAD_ENV, str(threads))
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            env=env,
-        ) as cluster,
-        Client(cluster) as local,
-    ):
-        yield local
-
-
-def _threads_by_host(client) -> dict:
-    """ITK threads per task on each worker host: its cores divided by its task slots."""
-    from urllib.parse import urlparse
-
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    cores = client.run(usable_cores)
-    slots: dict[str, int] = {}
-    host_cores: dict[str, int] = {}
-    for address, info in workers.items():
-        host = urlparse(address).hostname
-        slots[host] = slots.get(host, 0) + int(info.get("nthreads", 1))
-        host_cores[host] = int(cores.get(address, 1))
-    by_host = {host: max(1, host_cores[host] // slots[host]) for host in slots}
-    return {"by_host": by_host, "default": min(by_host.values(), default=1)}
-
-
-def _dask_rows(client, payloads: list[dict], threads) -> Iterator[dict]:
-    """Submit every task, then yield rows as futures complete (any order)."""
-    from distributed import as_completed
-
-    futures = {}
-    for payload in payloads:
-        key = f"regtrack-sweep-{payload['case']}-{payload['setting_id']}-r{payload['repeat']}"
-        future = client.submit(
-            run_task, {**payload, "threads": threads}, key=_unique(key), pure=False
-        )
-        futures[future] = payload
-    for future in as_completed(futures):
-        payload = futures.pop(future)
-        try:
-            row = future.result()
-        except Exception as error:  # noqa: BLE001 - e.g. KilledWorker after repeated deaths
-            row = _lost_row(payload, error)
-        future.release()
-        yield row
-
-
-def _unique(key: str) -> str:
-    """A task key readable on the dashboard, unique across reruns on one scheduler."""
-    return f"{key}-{os.urandom(4).hex()}"
+    return task_results(
+        run_task,
+        payloads,
+        scheduler=scheduler,
+        workers=workers,
+        threads_per_task=threads_per_task,
+        client=client,
+        key=lambda p: f"regtrack-sweep-{p['case']}-{p['setting_id']}-r{p['repeat']}",
+        on_lost=_lost_row,
+        say=_say,
+    )
 
 
 def _lost_row(payload: dict, error: Exception) -> dict:
