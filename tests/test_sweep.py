@@ -274,6 +274,43 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
         assert db.count() == len(all_keys) and db.keys(("failed",)) == set()
 
 
+def test_unlabelled_case_is_tracked_and_timed_and_left_unscored(cases, tmp_path, capsys):
+    unlabelled = cases / "unlabelled" / "liver_small"
+    if not unlabelled.exists():
+        shutil.copytree(cases / "data" / "liver_small", unlabelled)
+        (unlabelled / "targets" / "liver_small_labels.mha").unlink()
+    spec = write_spec(
+        cases,
+        f"""
+        cases = ["data/lung_slide", "unlabelled/liver_small"]
+        {FAST}
+        [axes]
+        roi = [true, false]
+        """,
+        name="unlabelled.toml",
+    )
+    out = tmp_path / "results"
+    summary = run_sweep(spec, out, scheduler="synchronous", progress=False)
+    assert summary.failed == 0 and summary.scored == 2 and len(summary.ran) == 4
+    assert "4 task(s) run, 0 failed, 2 scored" in capsys.readouterr().out
+    with open_results(out) as db:
+        rows = db.rows()
+    for row in rows:
+        assert row["status"] == "ok" and row["n_frames"] == 4 and row["s_per_frame"] > 0
+        scored = row["case_name"] == "lung_slide"
+        assert (row["dsc"] is not None) == scored and (row["n_frames_scored"] is not None) == scored
+
+    report = sweep_report(out, plots=False)
+    printed = capsys.readouterr().out
+    assert "1 of 2 case(s) scored against labels" in printed
+    assert (report["cases"], report["cases_scored"]) == (2, 1)
+    for entry in report["ranking"]:
+        lung = [r for r in rows if r["setting_id"] == entry["setting_id"] and r["dsc"] is not None]
+        assert entry["cases_scored"] == 1 and entry["dsc"] == pytest.approx(lung[0]["dsc"])
+        times = [r["s_per_frame"] for r in rows if r["setting_id"] == entry["setting_id"]]
+        assert entry["s_per_frame"] == pytest.approx(np.mean(times))  # both cases timed
+
+
 def test_cli_sweep_on_a_local_process_cluster_then_report(cases, tmp_path, capsys):
     spec = write_spec(
         cases,

@@ -2,7 +2,9 @@
 
 Per setting, each case's repeats are averaged first, then the cases (each case counts once,
 as in the official mean over cases). Only ``ok`` rows are averaged; a setting that failed on
-some case is ranked after the complete ones, since its mean leaves that case out.
+some case is ranked after the complete ones, since its mean leaves that case out. A case
+without labels has no scores: it counts in the time per frame, not in the score means, and
+the report says how many cases were scored.
 """
 
 from __future__ import annotations
@@ -58,16 +60,47 @@ def sweep_report(results_dir, *, by: str = "dsc", plots: bool = True) -> dict:
     by_site = site_table(rows, axes)
     folder = Path(results_dir) / "report"
     folder.mkdir(exist_ok=True)
-    report = {"by": by, "axes": axes, "ranking": ranking, "by_site": by_site}
+    cases, scored = case_counts(rows)
+    report = {
+        "by": by,
+        "axes": axes,
+        "cases": cases,
+        "cases_scored": scored,
+        "ranking": ranking,
+        "by_site": by_site,
+    }
     files = _write_tables(folder, report)
     if plots:
         files += plot_axes(ranking, axes, folder) + [plot_pareto(ranking, folder)]
     report["files"] = [str(p) for p in files]
+    print(scored_line(cases, scored))
     print(format_ranking(ranking, by=by))
     print()
     print(format_sites(by_site))
     print(f"\nreport: {folder}")
     return report
+
+
+def case_counts(rows: list[dict]) -> tuple[int, int]:
+    """(cases in the rows, cases scored against labels in at least one ok row)."""
+    cases = {row["case_name"] for row in rows}
+    scored = {
+        row["case_name"]
+        for row in rows
+        if row["status"] == "ok" and row.get("n_frames_scored") is not None
+    }
+    return len(cases), len(scored)
+
+
+def scored_line(cases: int, scored: int) -> str:
+    """One line: how many cases the scores are a mean over."""
+    line = f"{scored} of {cases} case(s) scored against labels"
+    if scored < cases:
+        line += (
+            f"; {cases - scored} without scores (no labels, or every run failed): "
+            "their times and fallbacks count, not their scores"
+        )
+    return line
 
 
 def varying_keys(rows: list[dict]) -> list[str]:
@@ -128,10 +161,13 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
                 "label": _label(row["setting"], axes),
                 "setting": row["setting"],
                 "cases": set(),
+                "scored": set(),
                 "failed_rows": 0,
             },
         )
         entry["cases"].add(row["case_name"])
+        if row["status"] == "ok" and row.get("n_frames_scored") is not None:
+            entry["scored"].add(row["case_name"])
         entry["failed_rows"] += row["status"] != "ok"
     ranking = []
     for setting_id, entry in entries.items():
@@ -141,6 +177,7 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
                 **entry,
                 "cases": len(entry["cases"]),
                 "cases_ok": len(cases),
+                "cases_scored": len(entry["scored"]),
                 **{m: _mean([c[m] for c in cases]) for m in _KEYS},
             }
         )

@@ -34,7 +34,7 @@ COLUMNS = (
     ("relative_d98", "REAL"),
     ("n_frames_scored", "INTEGER"),
     ("n_frames", "INTEGER"),
-    ("fallback_frames", "INTEGER"),  # frames where the gate kept the previous mask
+    ("fallback_frames", "INTEGER"),  # frames not answered normally (runfolder.is_fallback)
     ("s_per_frame", "REAL"),  # mean tracker time per frame (frame 0 excluded)
     ("task_s", "REAL"),  # wall time of the task
     ("cpu_s", "REAL"),  # CPU time of the worker process during the task
