@@ -138,11 +138,11 @@ print(json.dumps({"import_s": imported, "first_call_s": times[0], "second_call_s
 _WORKERS_SCRIPT = """
 import json, sys, time
 import multiprocessing
-from regtrack import realtime
+from regtrack import processes, realtime
 from regtrack.io import read_case
 from regtrack.tracking import TrackerSettings
 if sys.argv[2] == "spawn":
-    realtime.worker_context = lambda: multiprocessing.get_context("spawn")
+    processes.worker_context = lambda: multiprocessing.get_context("spawn")
 case = read_case(sys.argv[1])
 times = []
 for _ in range(2):

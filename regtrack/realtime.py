@@ -3,16 +3,15 @@
 :class:`RealtimeTracker` is the one code path of regtrack: offline tracking drives it frame by
 frame with no deadline, the real-time mode with one.
 
-Elastix holds Python's GIL for the whole registration (measured: a 5 ms sleep in the main
-thread woke after 277 ms while elastix ran in a second thread), so a thread cannot answer at a
-deadline. Under a deadline the registration engine therefore lives in worker *processes*, a
-small pool of them (one elastix thread each), so registrations of consecutive frames overlap
+Under a deadline the registration engine lives in worker processes (:mod:`regtrack.workers`),
+a small pool of them (one elastix thread each), so registrations of consecutive frames overlap
 when one takes longer than the frame interval: the frame rate, not the budget alone, is what
-the pipeline must sustain. Each frame goes to a free worker, starting from the freshest known
-position (the newest finished answer); the main process waits for it until the deadline and,
-when it is not done, answers with the newest finished result (its frame is recorded as
-``answered_by``), while the late registration goes on and, once finished, moves the starting
-point of the next frames forward, unless a newer result already has.
+the pipeline must sustain. Each frame goes to a free worker with the largest schedule that fits
+(:mod:`regtrack.pacing`), starting from the freshest known position (the newest finished
+answer); the main process waits for it until the deadline and, when it is not done, answers
+with the newest finished result (its frame is recorded as ``answered_by``), while the late
+registration goes on and, once finished, moves the starting point of the next frames forward,
+unless a newer result already has.
 
 SAM2.1 (methods "sam" and "hybrid") runs off the main loop too (:mod:`regtrack.sam_worker`):
 in a process of its own when regtrack loads the model, in a thread for a tracker the caller
@@ -24,31 +23,27 @@ every registration.
 
 from __future__ import annotations
 
-import ctypes
-import itertools
 import logging
 import math
-import os
-import signal
-import statistics
-import sys
-import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from typing import Self
 
 import numpy as np
 
-from .budget import LADDER, CostModel, Schedule, check_budget, choose_schedule
+from .budget import LADDER, Schedule, check_budget
 from .checks import check_frame, check_mask
-from .engine import Engine, FrameResult, TrackerSettings
+from .engine import FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
+from .pacing import CALIBRATION, Job, Pacer
+from .processes import start_worker_server, usable_cores, worker_context
 from .sam_worker import SamWorker, sam_checkpoint
+from .workers import WORKERS, ProcessWorker
 
 __all__ = ["RealtimeTracker", "default_workers", "start_worker_server", "worker_context"]
 
@@ -60,12 +55,7 @@ _ANSWER_MARGIN_S = 0.004  # building the fallback answer and returning it
 # time. (Lowering the workers' priority instead starved them behind other users' processes.)
 _WAKE_HISTORY = 256
 _WAKE_SAFETY = 1.5  # a spike larger than any recent one still fits
-# Two works of each pyramid kind, so each kind's cost model has a slope from the start.
-_CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[1], LADDER[0])
 _MAX_WORKERS = 4
-_COST_QUANTILE = 0.98
-_PARENT_POLL_S = 0.5
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_workers(budget_s: float | None) -> int:
@@ -73,190 +63,7 @@ def default_workers(budget_s: float | None) -> int:
     without (nothing then gains from overlapping registrations)."""
     if budget_s is None:
         return 1
-    return max(1, min(_cores(), _MAX_WORKERS))
-
-
-class _InlineWorker:
-    """The engine in this process: no deadline can interrupt it (offline mode)."""
-
-    def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
-        self._engine = Engine.build(frame0, mask0, settings, spacing_mm)
-        self.works = self._engine.works
-        self.step_sizes = self._engine.step_sizes
-
-    def submit(self, *args, **kwargs) -> Future:
-        future: Future = Future()
-        future.set_result(self._engine.track_frame(*args, **kwargs))
-        return future
-
-    def close(self) -> None:
-        pass
-
-
-_PROCESS_ENGINE: Engine | None = None
-_STARTED_WARM = False  # this worker process began with ITK's wrappers already loaded
-
-
-def worker_context():
-    """Where worker processes come from: a fork server that has imported the engine and
-    loaded ITK's elastix wrappers once (:mod:`regtrack.preload`), so a worker, the first or
-    a replacement, starts warm; spawn (a cold start each) where there is no fork server.
-
-    Starting the server early (:func:`start_worker_server`) overlaps its load with the
-    caller's own work, such as reading the case.
-    """
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["regtrack.preload"])
-    return context
-
-
-def start_worker_server() -> None:
-    """Start the worker fork server now (it loads in the background); idempotent."""
-    context = worker_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
-def _process_start(owner_pid: int, pdeathsig: bool, threads: int | None) -> None:
-    """Worker process start: die with the owner, leave Ctrl-C to it, use ``threads``."""
-    global _STARTED_WARM
-    from . import itk_elastix
-
-    _STARTED_WARM = itk_elastix.is_loaded()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops us; its records stay whole
-    if pdeathsig and sys.platform.startswith("linux"):
-        # the kernel kills us when our parent ends: the fork server (which ends with the
-        # owner), or under spawn the owner's spawning thread (the main thread)
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if not _alive(owner_pid):  # died before we got here
-        os._exit(1)
-    threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
-    if threads:
-        import cv2
-        from threadpoolctl import threadpool_limits
-
-        itk_elastix.set_threads(threads)
-        cv2.setNumThreads(threads)
-        threadpool_limits(threads)  # numpy's BLAS: idle threads spinning on shared cores
-
-
-def _watch_owner(owner_pid: int) -> None:
-    """The portable fallback: once the owner or our parent is gone, exit."""
-    parent = os.getppid()
-    while os.getppid() == parent and _alive(owner_pid):
-        time.sleep(_PARENT_POLL_S)
-    os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else (a reused pid)
-        return True
-    return True
-
-
-def _process_build(frame0, mask0, settings, spacing_mm, threads) -> tuple[dict, dict, bool]:
-    global _PROCESS_ENGINE
-    if threads and "MaximumNumberOfThreads" not in settings.overrides:
-        settings = replace(
-            settings, overrides={**settings.overrides, "MaximumNumberOfThreads": threads}
-        )
-    _PROCESS_ENGINE = Engine.build(frame0, mask0, settings, spacing_mm)
-    return _PROCESS_ENGINE.works, _PROCESS_ENGINE.step_sizes, _STARTED_WARM
-
-
-def _process_track(*args, **kwargs) -> FrameResult:
-    return _PROCESS_ENGINE.track_frame(*args, **kwargs)
-
-
-def owned_process_pool(threads: int | None = None) -> ProcessPoolExecutor:
-    """A pool of one worker process from :func:`worker_context` that dies with this process
-    and ignores Ctrl-C (registration workers, the SAM worker)."""
-    context = worker_context()
-    pdeathsig = (
-        context.get_start_method() == "forkserver"
-        or threading.current_thread() is threading.main_thread()
-    )
-    return ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=context,
-        initializer=_process_start,
-        initargs=(os.getpid(), pdeathsig, threads),
-    )
-
-
-class _ProcessWorker:
-    """The engine in a child process, so the main process can answer at a deadline.
-
-    Starting returns at once; ``built`` is done when the engine is (its result raises a bad
-    preset's own error). The child dies with this process and ignores Ctrl-C.
-    """
-
-    def __init__(self, frame0, mask0, settings, spacing_mm, *, threads=None) -> None:
-        self._pool = owned_process_pool(threads)
-        # built as a task, not in the initializer: a bad preset raises its own error
-        self.built = self._pool.submit(_process_build, frame0, mask0, settings, spacing_mm, threads)
-
-    @property
-    def works(self) -> dict:
-        return self.built.result()[0]
-
-    @property
-    def step_sizes(self) -> dict:
-        return self.built.result()[1]
-
-    @property
-    def started_warm(self) -> bool:
-        """The process began with ITK's wrappers loaded (forked from the loaded server)."""
-        return self.built.result()[2]
-
-    @property
-    def pids(self) -> list[int]:
-        """The child's process id (for tests and monitoring)."""
-        return list(self._pool._processes or ())
-
-    def submit(self, *args, **kwargs) -> Future:
-        try:
-            return self._pool.submit(_process_track, *args, **kwargs)
-        except BrokenExecutor as error:  # the process died while idle: fail this frame alone
-            future: Future = Future()
-            future.set_exception(error)
-            return future
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-_WORKERS = {"inline": _InlineWorker, "process": _ProcessWorker}
-
-
-@dataclass
-class _Job:
-    """One registration handed to a worker."""
-
-    index: int
-    future: Future
-    submitted: float
-    work: int
-    kind: str  # the schedule's pyramid: the cost model fits each kind on its own
-    start_age: int
-    finished: float = math.nan  # perf_counter() when its result reached this process
-    answered: bool = False  # its frame has been answered (late: by the fallback)
-
-    def predicted_end(self, cost: CostModel) -> float:
-        return self.submitted + cost.predict(self.work, self.kind) / 1e3
+    return max(1, min(usable_cores(), _MAX_WORKERS))
 
 
 @dataclass
@@ -268,7 +75,7 @@ class _Pending:
     deadline: float | None
     budget_s: float | None
     sam: Future | None = None  # SAM's answer for this frame (None: skipped for a newer one)
-    job: _Job | None = None
+    job: Job | None = None
     slot: _Slot | None = None
     schedule: Schedule | None = None
     reason: str = ""  # why there is no usable registration
@@ -285,7 +92,7 @@ class _Slot:
     """A worker of the pool and the registration it runs, if any."""
 
     worker: object
-    job: _Job | None = None
+    job: Job | None = None
 
     def ready(self) -> bool:
         """Built (a failed build raises its error here)."""
@@ -370,13 +177,12 @@ class RealtimeTracker:
         self.workers = _check_workers(workers, self.worker_kind, self.settings.budget_s)
         if self.worker_kind == "process":
             start_worker_server()  # loads while the caller reads frame 0
-        self.frame_interval_s = check_budget(frame_interval_s, "frame_interval_s")
         self.return_fields = return_fields
         self.method = self.settings.method
         self._method_decided = False
-        # under a deadline nearly every answer should be fresh: the 98th percentile of the
-        # cost model's misfit, not the 90th, decides what fits
-        self.cost = CostModel(quantile=_COST_QUANTILE if self.settings.budget_s else 0.9)
+        self._pacer = Pacer(
+            budgeted=bool(self.settings.budget_s), frame_interval_s=frame_interval_s
+        )
         self._slots: list[_Slot] = []
         self._build_args: tuple = ()
         self._sam: SamWorker | None = None
@@ -385,7 +191,6 @@ class RealtimeTracker:
         self._previous: np.ndarray | None = None
         self._previous_index = 0  # the frame whose answer _previous is
         self._metrics: deque[float] = deque(maxlen=20)
-        self._arrivals: deque[float] = deque(maxlen=9)
         self._lateness: deque[float] = deque(maxlen=_WAKE_HISTORY)
         self._next_index = 1
         self._frame_shape: tuple[int, int] | None = None
@@ -442,7 +247,7 @@ class RealtimeTracker:
         self._previous_index = next_index - 1
         self._next_index, self._ready = next_index, True
         self._metrics.clear()
-        self._arrivals.clear()
+        self._pacer.restart()
         budgeted = self.settings.budget_s or self.settings.total_budget_s
         if self._slots and (calibrate if calibrate is not None else budgeted):
             self._calibrate(frame0, mask0)
@@ -453,9 +258,9 @@ class RealtimeTracker:
 
     def _new_worker(self):
         if self.worker_kind == "process":
-            threads = max(1, _cores() // self.workers) if self.workers > 1 else None
-            return _ProcessWorker(*self._build_args, threads=threads)
-        return _WORKERS.get(self.worker_kind, self.worker_kind)(*self._build_args)
+            threads = max(1, usable_cores() // self.workers) if self.workers > 1 else None
+            return ProcessWorker(*self._build_args, threads=threads)
+        return WORKERS.get(self.worker_kind, self.worker_kind)(*self._build_args)
 
     def _start_workers(self) -> None:
         """Start every worker (processes build their engines side by side), wait for them."""
@@ -507,14 +312,14 @@ class RealtimeTracker:
 
     def _calibrate(self, frame0, mask0) -> None:
         """Time a few schedules on frame 0, all workers at once (as they will run)."""
-        for schedule in _CALIBRATION:
+        for schedule in CALIBRATION:
             jobs = [self._submit(slot, frame0, mask0, 0, schedule, 0) for slot in self._slots]
             while not all(job.future.done() for job in jobs):
                 self._timed_wait([], 0.002)  # how late this process wakes while workers run
             for slot, job in zip(self._slots, jobs, strict=True):
                 job.future.result()
                 slot.job = None
-                self._observe(job)
+                self._pacer.observe(job)
         logger.info(
             "cost model calibrated on %d worker(s): full schedule %.0f ms, smallest %.0f ms",
             self.workers,
@@ -524,7 +329,7 @@ class RealtimeTracker:
 
     def predict_ms(self, schedule) -> float:
         """Predicted milliseconds for one frame with ``schedule`` (margin included)."""
-        return self.cost.predict(self._slots[0].worker.works[schedule], schedule.pyramid)
+        return self._pacer.predict_ms(self._slots[0].worker.works, schedule)
 
     def step(
         self, frame: np.ndarray, *, arrival: float | None = None, budget_s: float | None = None
@@ -564,7 +369,7 @@ class RealtimeTracker:
         if not self._ready:
             raise RuntimeError("call init(frame0, mask0) before stream(frames)")
         first, interval = self._next_index, 1.0 / frame_rate_hz
-        self.frame_interval_s = self.frame_interval_s or interval
+        self._pacer.frame_interval_s = self._pacer.frame_interval_s or interval
         clock, pending, k = time.perf_counter(), deque(), first
         upcoming = frames[k] if k < len(frames) else None
         while k < len(frames) or pending:
@@ -627,7 +432,7 @@ class RealtimeTracker:
         if not self._ready:
             raise RuntimeError("call init(frame0, mask0) before step(frame)")
         if arrival is not None:
-            self._arrivals.append(arrival)
+            self._pacer.arrived(arrival)
         arrival = time.perf_counter() if arrival is None else arrival
         index, self._next_index = self._next_index, self._next_index + 1
         frame = check_frame(frame, index)
@@ -714,7 +519,7 @@ class RealtimeTracker:
         if isinstance(error, BrokenExecutor):  # the worker process died
             pending.reason = self._replace(pending.slot, error, pending.index)
             return
-        self._observe(job)
+        self._pacer.observe(job)
         result = job.future.result()
         if result.source != "registration":
             pending.reason = result.reason
@@ -742,14 +547,14 @@ class RealtimeTracker:
             return None, "SAM skipped this frame (busy; it takes the newest frame when free)"
         return answer, ""
 
-    def _submit(self, slot, frame, start, index, schedule: Schedule, start_age: int) -> _Job:
+    def _submit(self, slot, frame, start, index, schedule: Schedule, start_age: int) -> Job:
         submitted = time.perf_counter()
         future = slot.worker.submit(
             frame, start, index, schedule=schedule, return_fields=self.return_fields
         )
         work = slot.worker.works[schedule]
-        slot.job = _Job(index, future, submitted, work, schedule.pyramid, start_age)
-        future.add_done_callback(lambda _, job=slot.job: _mark_finished(job))
+        slot.job = Job(index, future, submitted, work, schedule.pyramid, start_age)
+        future.add_done_callback(lambda _, job=slot.job: job.mark_finished())
         return slot.job
 
     def _collect(self) -> None:
@@ -766,7 +571,7 @@ class RealtimeTracker:
             if isinstance(error, BrokenExecutor):  # its frame was answered already
                 self._replace(slot, error, job.index)
                 continue
-            self._observe(job)
+            self._pacer.observe(job)
             result = job.future.result()
             if result.source == "registration":
                 self._keep(result.mask, result.index)  # late; warms the next
@@ -784,7 +589,7 @@ class RealtimeTracker:
                 if slot.job is None or slot.job.answered
             ]
             wait = self._seconds_left(deadline)
-            if wait is not None and self.cost:
+            if wait is not None and self._pacer.cost:
                 wait = max(0.0, wait - self.predict_ms(LADDER[-1]) / 1e3)
             elif wait is not None:
                 wait = 0.0  # no cost model yet: nothing is known to fit
@@ -810,40 +615,16 @@ class RealtimeTracker:
         slot.worker, slot.job = self._new_worker(), None
         return reason
 
-    def _observe(self, job: _Job) -> None:
-        """Learn the cost of a finished registration (submitted to result received)."""
-        finished = job.finished if math.isfinite(job.finished) else time.perf_counter()
-        self.cost.observe(job.work, (finished - job.submitted) * 1e3, job.kind)
-
-    def _interval_s(self) -> float | None:
-        """Seconds between frames: given, or the median gap of the arrivals given to step."""
-        if self.frame_interval_s is not None:
-            return self.frame_interval_s
-        if len(self._arrivals) < 2:
-            return None
-        arrivals = list(self._arrivals)
-        return statistics.median(b - a for a, b in itertools.pairwise(arrivals))
-
     def _choose(self, deadline: float | None, arrival: float, slot: _Slot) -> Schedule:
         """The largest schedule that fits the deadline and, unless another worker will be free
         when the next frame arrives, the time until it does."""
-        interval = self._interval_s()
-        next_ms, free = None, True
-        if deadline is not None and interval is not None:
-            next_arrival = arrival + interval
-            next_ms = max(0.0, next_arrival - time.perf_counter()) * 1e3
-            free = any(
-                other is not slot
-                and other.ready()
-                and (other.job is None or other.job.predicted_end(self.cost) <= next_arrival)
-                for other in self._slots
-            )
-        return choose_schedule(
+        others = (o.job for o in self._slots if o is not slot and o.ready())
+        return self._pacer.choose(
             self._ms_left(deadline),
             slot.worker.works,
-            self.cost,
-            next_frame_ms=next_ms,
-            free_for_next=free,
+            deadline=deadline,
+            arrival=arrival,
+            others=others,
         )
 
     def _starting_mask(self) -> tuple[np.ndarray, int]:
@@ -943,15 +724,6 @@ def _unfinished(pending: _Pending) -> list[Future]:
     """What a frame still waits for: its registration, SAM's answer."""
     futures = [pending.job.future if pending.job else None, pending.sam]
     return [future for future in futures if future is not None and not future.done()]
-
-
-def _mark_finished(job: _Job) -> None:
-    job.finished = time.perf_counter()
-
-
-def _cores() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores or 1
 
 
 def _check_workers(workers, kind, budget_s) -> int:

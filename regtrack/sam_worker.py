@@ -17,6 +17,7 @@ from functools import partial
 
 import numpy as np
 
+from .processes import owned_process_pool
 from .sam import SamAnswer
 
 __all__ = ["CHECKPOINT_ENV_VAR", "SamWorker"]
@@ -63,8 +64,6 @@ class SamWorker:
     def in_process(cls, checkpoint: str | None, image_size: int | None) -> SamWorker:
         """Load SAM2.1 from ``checkpoint`` in a process of its own (torch is imported there,
         not here); it dies with this process. The model loads on the first :meth:`restart`."""
-        from .realtime import owned_process_pool  # realtime imports this module
-
         executor = owned_process_pool()
         return cls(
             executor, partial(_process_init, checkpoint, image_size), _process_step, "process"
