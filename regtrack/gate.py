@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "centroid_mm",
@@ -25,10 +24,35 @@ __all__ = [
     "registration_gate",
 ]
 
+_CHUNK = 64  # masks of a stack summed at once
 
-def centroid_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
-    """Centroid (row, col) of a non-empty mask in mm."""
-    return np.asarray(ndimage.center_of_mass(mask)) * np.asarray(spacing_mm, float)
+
+def centroid_mm(masks: np.ndarray, spacing_mm) -> np.ndarray:
+    """Centre of mass (row, col) of a mask, or of each mask of a stack, in mm; NaN when empty.
+
+    Parameters
+    ----------
+    masks : ndarray, shape (H, W) or (T, H, W)
+        A memmap stack is read in chunks, never whole.
+    spacing_mm : (float, float)
+        (row, col) pixel spacing; position 0 is the centre of the first row / column.
+
+    Returns
+    -------
+    ndarray of float64, shape (2,) for one mask, (T, 2) for a stack
+    """
+    masks = masks if isinstance(masks, np.ndarray) else np.asarray(masks)
+    stack = masks if masks.ndim == 3 else masks[None]
+    centres = np.full((len(stack), 2), np.nan)
+    rows, cols = np.arange(stack.shape[1]), np.arange(stack.shape[2])
+    for start in range(0, len(stack), _CHUNK):
+        block = np.asarray(stack[start : start + _CHUNK], dtype=np.float64)
+        area = block.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centres[start : start + len(block), 0] = block.sum(axis=2) @ rows / area
+            centres[start : start + len(block), 1] = block.sum(axis=1) @ cols / area
+    centres *= np.asarray(spacing_mm, dtype=np.float64)
+    return centres if masks.ndim == 3 else centres[0]
 
 
 def folded_fraction(displacement_mm: np.ndarray, spacing_mm, region: np.ndarray) -> float:

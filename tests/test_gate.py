@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from regtrack.gate import folded_fraction, hybrid_decision, metric_outlier, registration_gate
+from regtrack.gate import (
+    centroid_mm,
+    folded_fraction,
+    hybrid_decision,
+    metric_outlier,
+    registration_gate,
+)
 from regtrack.tracking import TrackerSettings
 
 
@@ -75,3 +81,17 @@ def test_hybrid_decision_keeps_registration_when_sam_is_empty():
         agree_mm=3.0,
     )
     assert kept and "empty" in reason
+
+
+def test_centroid_of_one_mask_and_of_a_stack_agree_and_an_empty_mask_has_none():
+    masks = np.zeros((3, 20, 30), bool)
+    masks[0, 2:5, 10:14] = True  # centre (3, 11.5) px
+    masks[2, 10:20, 0:3] = True  # centre (14.5, 1) px
+    spacing = (2.0, 0.5)
+    stack = centroid_mm(masks, spacing)
+    assert stack.shape == (3, 2)
+    np.testing.assert_allclose(stack[0], [6.0, 5.75])
+    np.testing.assert_allclose(stack[2], [29.0, 0.5])
+    assert np.isnan(stack[1]).all()
+    for mask, expected in zip(masks, stack, strict=True):
+        np.testing.assert_array_equal(centroid_mm(mask, spacing), expected)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..gate import centroid_mm
 from .signals import minmax_scale, noise_field, smooth_signal, smoothstep
 
 logger = logging.getLogger(__name__)
@@ -329,22 +330,12 @@ class PhantomCase:
     @property
     def centroids_mm(self) -> np.ndarray:
         """Tumour centroid (row, col) per frame in mm, shape (T, 2), float64."""
-        return _centroids(self.masks) * np.asarray(self.spacing_mm)
+        return centroid_mm(self.masks, self.spacing_mm)
 
     @property
     def times_s(self) -> np.ndarray:
         """Acquisition time of each frame in s, shape (T,)."""
         return np.arange(len(self.frames)) / self.spec.frame_rate_hz
-
-
-def _centroids(masks: np.ndarray) -> np.ndarray:
-    """Centre of mass (row, col) of each mask of a (T, H, W) stack, px."""
-    weights = masks.astype(np.float64)
-    area = weights.sum(axis=(1, 2))
-    rows = weights.sum(axis=2) @ np.arange(masks.shape[1])
-    cols = weights.sum(axis=1) @ np.arange(masks.shape[2])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.stack([rows / area, cols / area], axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,7 +458,7 @@ def _case_info(
 ) -> dict[str, Any]:
     """Collect the extra facts stored in ``PhantomCase.info``."""
     return {
-        "tumour_centre_mm": tuple(float(v) for v in _centroids(masks[:1])[0]),
+        "tumour_centre_mm": tuple(float(v) for v in centroid_mm(masks[0], (1.0, 1.0))),
         "tumour_area_mm2": float(masks[0].sum()),
         "tumour_intensity": float(tumour.intensity[0]),
         "local_tissue_intensity": float(tumour.intensity[0] - tumour.contrast[0]),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..gate import centroid_mm
 from ..runfolder import RunFiles, is_fallback, read_records
 
 __all__ = [
@@ -295,30 +296,6 @@ def schedule_words(schedule: Any) -> str | None:
 _SCHEDULE = re.compile(r"it([0-9.eE+-]+)/s([0-9.eE+-]+)")
 
 
-def centroids_mm(masks: np.ndarray, spacing_mm: tuple[float, float]) -> np.ndarray:
-    """Centre of mass (row, col) of each mask of a (T, H, W) stack in mm; NaN when empty.
-
-    Parameters
-    ----------
-    masks : ndarray, shape (T, H, W)
-    spacing_mm : (float, float)
-        (row, col) pixel spacing; position 0 is the centre of the first row / column.
-
-    Returns
-    -------
-    ndarray of float64, shape (T, 2)
-    """
-    centres = np.full((len(masks), 2), np.nan)
-    rows, cols = np.arange(masks.shape[1]), np.arange(masks.shape[2])
-    for start in range(0, len(masks), 64):  # chunks: a memmap never loads whole
-        block = np.asarray(masks[start : start + 64], dtype=np.float64)
-        area = block.sum(axis=(1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            centres[start : start + len(block), 0] = block.sum(axis=2) @ rows / area
-            centres[start : start + len(block), 1] = block.sum(axis=1) @ cols / area
-    return centres * np.asarray(spacing_mm, dtype=np.float64)
-
-
 @dataclass
 class Trajectory:
     """The data behind the trajectory plot.
@@ -384,10 +361,10 @@ def trajectory(run: RunData | str | Path) -> Trajectory:
     run = run if isinstance(run, RunData) else load_run(run)
     time, unit = run.times()
     predicted = np.full((run.n_frames, 2), np.nan)
-    predicted[: run.n_done] = centroids_mm(run.masks, run.spacing_mm)
+    predicted[: run.n_done] = centroid_mm(run.masks, run.spacing_mm)
     truth = None
     if run.labels is not None:
-        truth = centroids_mm(np.asarray(run.labels[:]), run.spacing_mm)
+        truth = centroid_mm(np.asarray(run.labels[:]), run.spacing_mm)
     padded = run.records + [{"source": "missing"}] * (run.n_frames - run.n_done)
     return Trajectory(
         frame=np.arange(run.n_frames),
