@@ -11,9 +11,12 @@ import json
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main", "parser"]
+
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -594,9 +597,10 @@ def _sweep(args) -> int:
             raise ValueError(
                 "`regtrack sweep report` needs the results folder: regtrack sweep report RESULTS"
             )
-        from .sweep import sweep_report
+        from .sweep import format_report, sweep_report
 
-        sweep_report(args.results, by=args.by, plots=not args.no_plots)
+        report = sweep_report(args.results, by=args.by, plots=not args.no_plots)
+        print(format_report(report))
         return 0
     spec = args.results if args.target == "run" else Path(args.target)
     if spec is None or (args.target != "run" and args.results is not None):
@@ -608,16 +612,17 @@ def _sweep(args) -> int:
     from .sweep import run_sweep
 
     try:
-        summary = run_sweep(
-            spec,
-            args.out,
-            scheduler=args.scheduler,
-            workers=args.workers,
-            threads_per_task=args.threads_per_task,
-            resume=args.resume,
-            retry_failed=args.retry_failed,
-            progress=not args.no_progress,
-        )
+        with _say_on_stdout("regtrack.sweep"):
+            summary = run_sweep(
+                spec,
+                args.out,
+                scheduler=args.scheduler,
+                workers=args.workers,
+                threads_per_task=args.threads_per_task,
+                resume=args.resume,
+                retry_failed=args.retry_failed,
+                progress=not args.no_progress,
+            )
     except KeyboardInterrupt:
         print(
             f"interrupted; finished rows are in {args.out}. Rerun with --resume to run "
@@ -629,10 +634,33 @@ def _sweep(args) -> int:
     return 1 if summary.failed else 0
 
 
+@contextmanager
+def _say_on_stdout(name: str):
+    """What logger ``name`` reports at INFO (a sweep's progress), as plain lines on stdout
+    while the command runs; its warnings and errors go to stderr as usual."""
+    logger = logging.getLogger(name)
+    before = logger.level, logger.propagate
+    plain = logging.StreamHandler(sys.stdout)
+    plain.addFilter(lambda record: record.levelno < logging.WARNING)
+    loud = logging.StreamHandler(sys.stderr)
+    loud.setLevel(logging.WARNING)
+    loud.setFormatter(logging.Formatter(_LOG_FORMAT))
+    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+    logger.propagate = False
+    logger.addHandler(plain)
+    logger.addHandler(loud)
+    try:
+        yield
+    finally:
+        logger.removeHandler(plain)
+        logger.removeHandler(loud)
+        logger.level, logger.propagate = before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``regtrack`` command; returns the exit code (2 for bad input)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     warnings.simplefilter("default", RuntimeWarning)
     try:
         return args.func(args)

@@ -9,7 +9,7 @@
 """
 
 from .execute import SweepSummary, run_sweep, run_task
-from .report import pareto_front, rank_settings, sweep_report
+from .report import format_report, pareto_front, rank_settings, sweep_report
 from .results import ResultsDB, open_results
 from .spec import Setting, SweepSpec, SweepTask, load_sweep_spec, parse_sweep_spec
 
@@ -19,6 +19,7 @@ __all__ = [
     "SweepSpec",
     "SweepSummary",
     "SweepTask",
+    "format_report",
     "load_sweep_spec",
     "open_results",
     "pareto_front",

@@ -14,6 +14,7 @@ runs it again elsewhere, and the rerun resumes the run folder frame by frame.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .results import RESULTS_FILE, ResultsDB
 from .spec import Setting, SweepSpec, SweepTask, load_sweep_spec
 
 __all__ = ["SweepSummary", "run_sweep", "run_task", "usable_cores"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,26 +164,31 @@ def run_sweep(
         done = db.keys(("ok",) if retry_failed else ("ok", "failed"))
         todo = [task for task in tasks if task.key not in done]
         summary.skipped = len(tasks) - len(todo)
-        _say(
-            f"sweep {spec.name}: {len(spec.cases)} case(s) x {len(spec.settings())} "
-            f"setting(s) x {spec.repeats} repeat(s) = {len(tasks)} task(s); "
-            f"{summary.skipped} already recorded, {len(todo)} to run"
+        logger.info(
+            "sweep %s: %d case(s) x %d setting(s) x %d repeat(s) = %d task(s); "
+            "%d already recorded, %d to run",
+            spec.name,
+            len(spec.cases),
+            len(spec.settings()),
+            spec.repeats,
+            len(tasks),
+            summary.skipped,
+            len(todo),
         )
         if todo:
             payloads = [_payload(task, out) for task in todo]
             with _rows(payloads, scheduler, workers, threads_per_task, client) as rows:
                 _record_all(rows, len(payloads), db, summary, progress)
     summary.seconds = time.perf_counter() - start
-    _say(
-        f"{len(summary.ran)} task(s) run, {summary.failed} failed, {summary.scored} scored "
-        "against labels, in "
-        f"{summary.seconds:.1f} s; results: {out / RESULTS_FILE}"
+    logger.info(
+        "%d task(s) run, %d failed, %d scored against labels, in %.1f s; results: %s",
+        len(summary.ran),
+        summary.failed,
+        summary.scored,
+        summary.seconds,
+        out / RESULTS_FILE,
     )
     return summary
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 def _prepare_out(out: Path, resume: bool, retry_failed: bool) -> None:
@@ -230,8 +238,12 @@ def _record_all(
             summary.failed += row["status"] != "ok"
             summary.scored += row.get("n_frames_scored") is not None
             if row["status"] != "ok":
-                bar.write(
-                    f"failed: {row['case_name']} {row['label']} (r{row['repeat']}): {row['error']}"
+                logger.warning(
+                    "failed: %s %s (r%d): %s",
+                    row["case_name"],
+                    row["label"],
+                    row["repeat"],
+                    row["error"],
                 )
             bar.set_postfix(
                 done=len(summary.ran) - summary.failed,
@@ -253,7 +265,7 @@ def _rows(payloads, scheduler, workers, threads_per_task, client):
         client=client,
         key=lambda p: f"regtrack-sweep-{p['case']}-{p['setting_id']}-r{p['repeat']}",
         on_lost=_lost_row,
-        say=_say,
+        say=logger.info,
     )
 
 

@@ -10,6 +10,7 @@ the report says how many cases were scored.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import numpy as np
 
 from .results import open_results
 
-__all__ = ["METRICS", "pareto_front", "rank_settings", "sweep_report"]
+__all__ = ["METRICS", "format_report", "pareto_front", "rank_settings", "sweep_report"]
+
+logger = logging.getLogger(__name__)
 
 #: (key, header, decimals, higher is better) of the columns of the ranking.
 METRICS = (
@@ -32,7 +35,8 @@ _KEYS = tuple(m[0] for m in METRICS)
 
 
 def sweep_report(results_dir, *, by: str = "dsc", plots: bool = True) -> dict:
-    """Rank the settings of a sweep, print the tables, write plots, JSON and markdown.
+    """Rank the settings of a sweep; write plots, JSON and markdown (:func:`format_report`
+    makes the tables text).
 
     Parameters
     ----------
@@ -73,12 +77,19 @@ def sweep_report(results_dir, *, by: str = "dsc", plots: bool = True) -> dict:
     if plots:
         files += plot_axes(ranking, axes, folder) + [plot_pareto(ranking, folder)]
     report["files"] = [str(p) for p in files]
-    print(scored_line(cases, scored))
-    print(format_ranking(ranking, by=by))
-    print()
-    print(format_sites(by_site))
-    print(f"\nreport: {folder}")
+    report["folder"] = str(folder)
+    logger.info("sweep report written to %s", folder)
     return report
+
+
+def format_report(report: dict) -> str:
+    """How many cases were scored, the ranking and the per-site table of
+    :func:`sweep_report`'s result, as text."""
+    return (
+        f"{scored_line(report['cases'], report['cases_scored'])}\n"
+        f"{format_ranking(report['ranking'], by=report['by'])}\n\n"
+        f"{format_sites(report['by_site'])}\n\nreport: {report['folder']}"
+    )
 
 
 def case_counts(rows: list[dict]) -> tuple[int, int]:

@@ -29,6 +29,7 @@ import itertools
 import json
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ def _is_none_word(name: str, value: Any) -> bool:
     """Whether ``value`` spells None for an optional (``... | None``) option ``name``."""
     if not isinstance(value, str) or value.lower() not in _NONE_WORDS:
         return False
-    return "None" in _option_types().get(name, "")
+    return type(None) in _option_types().get(name, ())
 
 
 # --------------------------------------------------------------------------- reading
@@ -435,22 +436,25 @@ def _check_option(name: str, value: Any, source: _SpecText, line, root: Path):
     """Validate a TrackerSettings field's value by the field's type, then by the dataclass."""
     if name == "preset":
         return _check_preset(value, source, line, root)
-    kind = _option_types()[name]
-    if "None" in kind and _is_none_word(name, value):
+    kinds = _option_types()[name]
+    optional = type(None) in kinds
+    if optional and _is_none_word(name, value):
         return value.lower()
-    if "bool" in kind:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if bool in kinds:
         ok, example = isinstance(value, bool), "true or false"
-    elif "float" in kind or "int" in kind:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-        example = "a number >= 0, e.g. 10"
-    elif "str" in kind:
+    elif float in kinds:
+        ok, example = number and value >= 0, "a number >= 0, e.g. 10"
+    elif int in kinds:
+        ok, example = number and value >= 0 and isinstance(value, int), "a whole number, e.g. 512"
+    elif str in kinds:
         ok, example = isinstance(value, str), 'a word in quotes, e.g. "registration"'
         if ok and (root / value).is_file():  # a file beside the spec (a checkpoint)
             value = str(root / value)
     else:
         ok, example = True, ""
     # An optional switch is "auto" when unset (roi); an optional number is "none".
-    words = (' or "auto"' if "bool" in kind else ' or "none"') if "None" in kind else ""
+    words = (' or "auto"' if bool in kinds else ' or "none"') if optional else ""
     if not ok:
         raise source.error(
             line, f"{name} = {value!r} is not {example}{words}", f"write {name} = {example}{words}"
@@ -459,11 +463,16 @@ def _check_option(name: str, value: Any, source: _SpecText, line, root: Path):
     return value
 
 
-def _option_types() -> dict[str, str]:
-    """TrackerSettings field name -> its annotation as text ("float | None", "bool", ...)."""
+def _option_types() -> dict[str, tuple]:
+    """TrackerSettings field name -> the types its annotation allows (``float | None``:
+    ``(float, NoneType)``), read from the dataclass's real types, not their text."""
     from regtrack.tracking import TrackerSettings
 
-    return {f.name: str(f.type) for f in dataclasses.fields(TrackerSettings)}
+    hints = typing.get_type_hints(TrackerSettings)
+    return {
+        f.name: typing.get_args(hints[f.name]) or (hints[f.name],)
+        for f in dataclasses.fields(TrackerSettings)
+    }
 
 
 def _check_with_dataclass(name: str, value: Any, source: _SpecText, line) -> None:
