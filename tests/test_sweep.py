@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import sqlite3
 import textwrap
@@ -282,7 +283,7 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
         assert db.count() == len(all_keys) and db.keys(("failed",)) == set()
 
 
-def test_unlabelled_case_is_tracked_and_timed_and_left_unscored(cases, tmp_path, capsys):
+def test_unlabelled_case_is_tracked_and_timed_and_left_unscored(cases, tmp_path, caplog):
     unlabelled = cases / "unlabelled" / "liver_small"
     if not unlabelled.exists():
         shutil.copytree(cases / "data" / "liver_small", unlabelled)
@@ -298,9 +299,10 @@ def test_unlabelled_case_is_tracked_and_timed_and_left_unscored(cases, tmp_path,
         name="unlabelled.toml",
     )
     out = tmp_path / "results"
-    summary = run_sweep(spec, out, scheduler="synchronous", progress=False)
+    with caplog.at_level(logging.INFO, logger="regtrack.sweep"):
+        summary = run_sweep(spec, out, scheduler="synchronous", progress=False)
     assert summary.failed == 0 and summary.scored == 2 and len(summary.ran) == 4
-    assert "4 task(s) run, 0 failed, 2 scored" in capsys.readouterr().out
+    assert "4 task(s) run, 0 failed, 2 scored" in caplog.text
     with open_results(out) as db:
         rows = db.rows()
     for row in rows:
@@ -309,7 +311,7 @@ def test_unlabelled_case_is_tracked_and_timed_and_left_unscored(cases, tmp_path,
         assert (row["dsc"] is not None) == scored and (row["n_frames_scored"] is not None) == scored
 
     report = sweep_report(out, plots=False)
-    printed = capsys.readouterr().out
+    printed = format_report(report)
     assert "1 of 2 case(s) scored against labels" in printed
     assert (report["cases"], report["cases_scored"]) == (2, 1)
     for entry in report["ranking"]:

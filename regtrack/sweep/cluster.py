@@ -24,8 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import itk_elastix
+from ..processes import usable_cores
 
 __all__ = ["guarded", "task_results", "usable_cores"]
+
+logger = logging.getLogger(__name__)
 
 ATTEMPTS_FILE = "attempts.jsonl"
 _THREAD_ENV = (
@@ -34,14 +37,6 @@ _THREAD_ENV = (
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
 )
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def process_id() -> str:
@@ -156,7 +151,7 @@ def task_results(
     client=None,
     key: Callable[[dict], str] = lambda payload: "regtrack-task",
     on_lost: Callable[[dict, Exception], dict] | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ):
     """Results of ``function(payload)`` for every payload, as the tasks complete.
 
@@ -181,8 +176,8 @@ def task_results(
     on_lost : callable, optional
         ``(payload, error) -> result`` for a task dask gave up on (its worker died too
         often); by default the error is raised.
-    say : callable
-        Where the cluster's one line (workers, dashboard) goes.
+    say : callable, optional
+        Where the cluster's one line (workers, dashboard) goes (default: logged at INFO).
 
     Yields
     ------
@@ -196,7 +191,7 @@ def task_results(
         _quiet_dask_logs(),
         _client(scheduler, workers, threads_per_task, len(payloads), client) as dask_client,
     ):
-        say(
+        (say or logger.info)(
             f"dask: {len(dask_client.scheduler_info()['workers'])} worker(s) at "
             f"{dask_client.scheduler.address}; dashboard: {_dashboard(dask_client)}"
         )
@@ -222,14 +217,14 @@ def _quiet_dask_logs():
     """
     import distributed  # noqa: F401 - its import sets the level this overrides
 
-    logger = logging.getLogger("distributed")
-    before = logger.level
+    dask_logger = logging.getLogger("distributed")
+    before = dask_logger.level
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logger.setLevel(max(before, logging.WARNING))
+        dask_logger.setLevel(max(before, logging.WARNING))
     try:
         yield
     finally:
-        logger.setLevel(before)
+        dask_logger.setLevel(before)
 
 
 @contextmanager
