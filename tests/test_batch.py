@@ -215,3 +215,29 @@ def test_cli_batch_on_local_worker_processes(cases, tmp_path, capsys):
     workers = {row["worker"] for row in content["rows"]}
     assert all(w.startswith("tcp://") for w in workers)
     assert all(row["itk_threads"] >= 1 for row in content["rows"])
+
+
+def test_benchmark_compares_scores_and_pairs_trials():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "batch.py"
+    spec = importlib.util.spec_from_file_location("batch_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scores = dict.fromkeys(bench.METRICS, 0.5)
+    rows = [
+        {"case": "same", "n_frames_scored": 3, **scores},
+        {"case": "off", "n_frames_scored": 3, **scores},
+        {"case": "unlabelled", "n_frames_scored": None, **dict.fromkeys(bench.METRICS)},
+    ]
+    evaluated = {"same": dict(scores), "off": {**scores, "hd95_mm": 0.75}}
+    compared = {e["case"]: e for e in bench.compare(rows, evaluated)}
+    assert set(compared) == {"same", "off"}  # an unlabelled case has nothing to compare
+    assert compared["same"]["same"] and compared["same"]["max_abs_diff"] == 0
+    assert not compared["off"]["same"] and compared["off"]["max_abs_diff"] == 0.25
+    runs = [
+        {"workers": w, "trial": t, "batch_wall_s": s}
+        for w, t, s in ((1, 0, 10.0), (2, 0, 5.0), (1, 1, 12.0), (2, 1, 8.0))
+    ]
+    speedup = bench.speedups(runs)["2"]
+    assert speedup["per_trial"] == [2.0, 1.5] and speedup["total"] == pytest.approx(22 / 13)
