@@ -49,7 +49,7 @@ SUMMARY_COLUMNS = (
     "labelled",  # whether the case has ground truth (targets/<case>_labels.mha)
     "scanned_region",
     "n_frames",
-    "frames_tracked",  # frames this command tracked (fewer when it resumed a run)
+    "frames_tracked",  # frames tracked by the attempt that finished the case (fewer on resume)
     "fallback_frames",  # frames not answered by the method's normal answer
     "track_s",  # tracker time over all frames (frame records), resumed parts included
     "s_per_frame",  # mean tracker time per frame, frame 0 excluded
