@@ -18,10 +18,10 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import math
 import os
 import re
-import sys
 import threading
 import time
 import warnings
@@ -66,6 +66,8 @@ SUMMARY_COLUMNS = (
     "input",
     "run_dir",
 )
+logger = logging.getLogger(__name__)
+
 _SCORES = ("dsc", "hd95_mm", "masd_mm", "centre_distance_mm", "relative_d98")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -378,8 +380,8 @@ def run_batch(
     ------
     ValueError
         Before anything is written: bad settings, two cases with one name, ``workers``
-        with ``scheduler``, or no case that can run (each refused input printed on its own
-        line to stderr first).
+        with ``scheduler``, or no case that can run (each refused input is logged first, a
+        warning of one line).
     """
     from .checks import check_tracker_settings
     from .runfolder import check_output_paths
@@ -399,7 +401,7 @@ def run_batch(
     check_output_paths(out)
     cases, refused = plan_cases(inputs, out)
     for name, why in refused.items():
-        print(f"regtrack track: {name}: {why}", file=sys.stderr)
+        logger.warning("%s: %s", name, why)
     if not cases:
         raise ValueError(
             f"no case can run: {len(refused)} input(s) refused (one line each above); fix "
@@ -410,11 +412,10 @@ def run_batch(
     rows = {name: _refused_row(name, why) for name, why in refused.items()}
     payloads = [_payload(case, out, settings, restart, return_fields) for case in cases]
     where = "this process" if scheduler is None and workers is None and client is None else None
-    print(
+    logger.info(
         f"batch: {len(cases)} case(s), {sum(c.n_frames for c in cases)} frames"
         + (f", {len(refused)} refused" if refused else "")
         + (f"; one after another in {where}" if where else ""),
-        flush=True,
     )
     results = _task_results(payloads, scheduler, workers, threads_per_task, client, where)
     with results as finished, _Progress(cases, out, progress) as bar:
@@ -442,7 +443,7 @@ def _task_results(payloads, scheduler, workers, threads_per_task, client, where)
         client=client,
         key=lambda p: f"regtrack-track-{p['case']}",
         on_lost=_lost_row,
-        say=lambda line: print(line, flush=True),
+        say=logger.info,
     )
 
 
@@ -579,7 +580,7 @@ class _Progress:
                 self.frames.update(entry[1] - self._counted[row["case"]])
         self._failed += row["status"] != "ok"
         if row["status"] != "ok":
-            self.cases.write(f"regtrack track: {row['case']}: {row['error']}", file=sys.stderr)
+            logger.warning("%s: %s", row["case"], row["error"])
         self.cases.set_postfix(failed=self._failed, refresh=False)
         self.cases.update(1)
 

@@ -287,17 +287,18 @@ def _track_batch(args) -> int:
             "--report is for one case; after a batch run `regtrack report OUT/<case>` for "
             "the cases you want to see"
         )
-    summary = run_batch(
-        args.input,
-        args.out,
-        settings=_checked_settings(args, args.out, None),
-        workers=args.workers,
-        scheduler=args.scheduler,
-        threads_per_task=args.threads_per_task,
-        restart=args.restart,
-        return_fields=args.fields,
-        progress=not args.no_progress,
-    )
+    with _say_on_stdout("regtrack.batch"):
+        summary = run_batch(
+            args.input,
+            args.out,
+            settings=_checked_settings(args, args.out, None),
+            workers=args.workers,
+            scheduler=args.scheduler,
+            threads_per_task=args.threads_per_task,
+            restart=args.restart,
+            return_fields=args.fields,
+            progress=not args.no_progress,
+        )
     print(summary_line(summary))
     print(f"summary: {summary.out / 'summary.csv'}, {summary.out / 'summary.json'}")
     return 1 if summary.failed else 0
