@@ -17,6 +17,8 @@ from pathlib import Path
 __all__ = ["main", "parser"]
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_SEQUENCE_SUFFIXES = (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,7 +27,13 @@ def parser() -> argparse.ArgumentParser:
         prog="regtrack",
         description="Track a tumour through 2D cine-MRI by deformable image registration.",
     )
-    main_parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ...")
+    main_parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="WARNING",
+        help="what regtrack logs to stderr (default WARNING; any case)",
+    )
     commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
     _add_track(commands)
@@ -47,9 +55,21 @@ def _add_progress(command: argparse.ArgumentParser) -> None:
 
 def _add_input_options(command: argparse.ArgumentParser, many: bool = False) -> None:
     """INPUT (one, or ``many``), --mask and --out, as every command that tracks a case takes them."""
-    command.add_argument("input", type=Path, nargs="+" if many else None)
+    command.add_argument(
+        "input",
+        type=Path,
+        nargs="+" if many else None,
+        metavar="INPUT",
+        help="TrackRAD case folder, or sequence file with --mask"
+        + (" (several, a glob or a folder of case folders: a batch)" if many else ""),
+    )
     command.add_argument("--mask", type=Path, help="frame-0 mask file (for a sequence file)")
-    command.add_argument("--out", type=Path, required=True, help="output folder")
+    command.add_argument(
+        "--out",
+        type=Path,
+        metavar="OUT",
+        help="output folder (default: ./regtrack-<case name>, ./regtrack-batch for a batch)",
+    )
 
 
 def _add_tracking_options(command: argparse.ArgumentParser) -> None:
@@ -82,7 +102,12 @@ def _add_tracking_options(command: argparse.ArgumentParser) -> None:
         action="store_false",
         help="use the whole frame (default: the target's neighbourhood)",
     )
-    command.add_argument("--roi-margin-mm", type=float, default=30.0)
+    command.add_argument(
+        "--roi-margin-mm",
+        type=float,
+        default=30.0,
+        help="how far around the target the metric looks, mm (default 30)",
+    )
     command.add_argument(
         "--flatten-sigma-mm",
         type=float,
@@ -163,8 +188,8 @@ def _add_evaluate(commands) -> None:
         description="PRED and GT are mask files (T frames), or folders: PRED holding "
         "<case>/output.mha or <case>.mha, GT holding TrackRAD case folders.",
     )
-    evaluate.add_argument("pred", type=Path)
-    evaluate.add_argument("gt", type=Path)
+    evaluate.add_argument("pred", type=Path, help="predicted masks: a file or a folder")
+    evaluate.add_argument("gt", type=Path, help="ground truth: a file or TrackRAD case folders")
     evaluate.add_argument(
         "--json", type=Path, help="where to write the scores (default PRED's folder)"
     )
@@ -175,9 +200,17 @@ def _add_phantom(commands) -> None:
     phantom = commands.add_parser(
         "phantom", help="write synthetic cases with known motion in the TrackRAD layout"
     )
-    phantom.add_argument("out", type=Path, help="folder to write the case folders into")
+    phantom.add_argument(
+        "--out",
+        type=Path,
+        default=Path("regtrack-phantoms"),
+        help="folder to write the case folders into (default ./regtrack-phantoms)",
+    )
+    phantom.add_argument("legacy_out", type=Path, nargs="?", help=argparse.SUPPRESS)
     phantom.add_argument("--case", action="append", help="case name (default: benchmark set)")
-    phantom.add_argument("--frames", type=int, default=None)
+    phantom.add_argument(
+        "--frames", type=int, default=None, help="number of frames (default: the case's own)"
+    )
     phantom.set_defaults(func=_phantom)
 
 
@@ -259,9 +292,22 @@ def _settings(args):
     )
 
 
+def _default_out(inputs: list[Path]) -> Path:
+    """./regtrack-<case name> for one case, ./regtrack-batch for a batch."""
+    name = inputs[0].resolve().name if len(inputs) == 1 else ""
+    for suffix in _SEQUENCE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    if not name or any(c in name for c in "*?["):
+        name = "batch"
+    return Path(f"regtrack-{name}")
+
+
 def _track(args) -> int:
     from .batch import is_batch
 
+    if args.out is None:
+        args.out = _default_out(args.input)
+        print(f"output folder: {args.out} (--out OUT to choose)", file=sys.stderr)
     if is_batch(args.input):
         return _track_batch(args)
     if args.workers is not None or args.scheduler or args.threads_per_task is not None:
@@ -371,7 +417,9 @@ def _add_realtime(commands) -> None:
         "finishes in time, else by the last good mask. Prints latency percentiles and misses.",
     )
     _add_input_options(realtime)
-    realtime.add_argument("--frame-rate", type=float, help="Hz (default: the case's own)")
+    realtime.add_argument(
+        "--frame-rate", type=float, help="frames per second, Hz (default: the case's own)"
+    )
     _add_tracking_options(realtime)
     realtime.set_defaults(budget=0.25)
     realtime.add_argument(
@@ -388,6 +436,9 @@ def _realtime(args) -> int:
     from .realtime import start_worker_server
     from .run import track_case
 
+    if args.out is None:
+        args.out = _default_out([args.input])
+        print(f"output folder: {args.out} (--out OUT to choose)", file=sys.stderr)
     settings = _checked_settings(args, args.out, None)
     if settings.budget_s is None:
         raise ValueError("realtime needs a per-frame --budget in seconds, e.g. --budget 0.25")
@@ -440,8 +491,12 @@ def _add_trackrad(commands) -> None:
         "images/mri-linac-target/*.mha, frame-rate.json, ...) and writes "
         "output/images/mri-linac-series-targets/output.mha, uint8, compressed.",
     )
-    trackrad.add_argument("--input", type=Path, default=Path("/input"))
-    trackrad.add_argument("--output", type=Path, default=Path("/output"))
+    trackrad.add_argument(
+        "--input", type=Path, default=Path("/input"), help="the challenge's input folder"
+    )
+    trackrad.add_argument(
+        "--output", type=Path, default=Path("/output"), help="the challenge's output folder"
+    )
     _add_tracking_options(trackrad)
     trackrad.set_defaults(budget=0.5)  # the challenge allows 1 s per frame on its GPU
     _add_progress(trackrad)
@@ -494,7 +549,8 @@ def _phantom(args) -> int:
         raise ValueError(f"unknown phantom case {unknown}; valid names are {sorted(specs)}")
     for name in names:
         overrides = {"n_frames": args.frames} if args.frames else {}
-        folder = write_phantom_case(generate_phantom(specs[name], **overrides), args.out)
+        out = args.legacy_out or args.out  # `regtrack phantom OUT` still works
+        folder = write_phantom_case(generate_phantom(specs[name], **overrides), out)
         print(folder)
     return 0
 
@@ -507,7 +563,9 @@ def _add_report(commands) -> None:
         "overlay movie, trajectory and quality plots, metrics, index.html), or a benchmark "
         "JSON such as benchmarks/results/accuracy.json (writes accuracy.html beside it).",
     )
-    report.add_argument("results", type=Path, metavar="RESULTS")
+    report.add_argument(
+        "results", type=Path, metavar="RESULTS", help="a run folder or a benchmark JSON"
+    )
     report.add_argument("--out", type=Path, help="report folder (run) or page (benchmark)")
     report.add_argument("--gif", action="store_true", help="movie as an animated GIF, not MP4")
     report.add_argument("--fps", type=float, help="movie playback rate (default: acquisition)")
@@ -661,7 +719,7 @@ def _say_on_stdout(name: str):
 def main(argv: list[str] | None = None) -> int:
     """Run the ``regtrack`` command; returns the exit code (2 for bad input)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    logging.basicConfig(level=args.log_level, format=_LOG_FORMAT)
     warnings.simplefilter("default", RuntimeWarning)
     try:
         return args.func(args)

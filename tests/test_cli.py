@@ -80,3 +80,44 @@ def test_demo_scores_against_ground_truth(tmp_path, capsys):
     assert ours["dsc"] > 0.9 > copied["dsc"]
     assert ours["centre_distance_mm"] < 1.0 < copied["centre_distance_mm"]
     assert (tmp_path / "lung_slide" / "regtrack" / "output.mha").exists()
+
+
+def test_track_without_out_writes_beside_the_caller_in_a_folder_named_after_the_case(
+    case_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["track", str(case_dir), "--no-progress"]) == 0
+    assert (tmp_path / "regtrack-P001" / "output.mha").is_file()
+    assert "regtrack-P001" in capsys.readouterr().err
+
+
+def test_phantom_writes_to_out_and_still_takes_the_folder_as_a_positional(tmp_path, capsys):
+    for argv in (["--out", str(tmp_path / "a")], [str(tmp_path / "b")]):
+        assert main(["phantom", *argv, "--case", "lung_slide", "--frames", "3"]) == 0
+    a, b = (sorted(p.name for p in (tmp_path / x).rglob("*")) for x in "ab")
+    assert a == b and "lung_slide" in a
+
+
+def test_log_level_takes_fixed_choices_in_any_case(capsys):
+    assert main(["--log-level", "info", "presets"]) == 0
+    with pytest.raises(SystemExit) as raised:
+        main(["--log-level", "verbose", "presets"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'VERBOSE'" in err and "DEBUG" in err and "Traceback" not in err
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from regtrack.cli import parser
+
+    def undocumented(command, path):
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from undocumented(sub, f"{path} {name}")
+            elif action.help is None:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(undocumented(parser(), "regtrack")) == []
