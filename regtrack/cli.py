@@ -14,6 +14,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .extras import MissingExtraError, need_extra
+
 __all__ = ["main", "parser"]
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -247,6 +249,7 @@ def _add_impact(commands) -> None:
 
 
 def _impact_export(args) -> int:
+    need_extra("impact", "regtrack impact export")
     from impact import NativeImpactWrapper, export_torchscript, info_path, load_extractor
 
     options = {
@@ -293,12 +296,13 @@ def _settings(args):
 
 
 def _default_out(inputs: list[Path]) -> Path:
-    """./regtrack-<case name> for one case, ./regtrack-batch for a batch."""
+    """./regtrack-<case name> for one case, ./regtrack-batch for a batch; said on stderr."""
     name = inputs[0].resolve().name if len(inputs) == 1 else ""
     for suffix in _SEQUENCE_SUFFIXES:
         name = name.removesuffix(suffix)
     if not name or any(c in name for c in "*?["):
         name = "batch"
+    print(f"output folder: regtrack-{name} (--out OUT to choose)", file=sys.stderr)
     return Path(f"regtrack-{name}")
 
 
@@ -307,7 +311,6 @@ def _track(args) -> int:
 
     if args.out is None:
         args.out = _default_out(args.input)
-        print(f"output folder: {args.out} (--out OUT to choose)", file=sys.stderr)
     if is_batch(args.input):
         return _track_batch(args)
     if args.workers is not None or args.scheduler or args.threads_per_task is not None:
@@ -376,6 +379,8 @@ def _checked_settings(args, out_dir: Path, output_file: Path | None):
     from .checks import check_tracker_settings
     from .runfolder import check_output_paths
 
+    if getattr(args, "report", False):
+        need_extra("report", "--report")
     settings = _settings(args)
     check_tracker_settings(settings)
     check_output_paths(out_dir, output_file)
@@ -438,7 +443,6 @@ def _realtime(args) -> int:
 
     if args.out is None:
         args.out = _default_out([args.input])
-        print(f"output folder: {args.out} (--out OUT to choose)", file=sys.stderr)
     settings = _checked_settings(args, args.out, None)
     if settings.budget_s is None:
         raise ValueError("realtime needs a per-frame --budget in seconds, e.g. --budget 0.25")
@@ -586,6 +590,8 @@ def _report(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
+    if args.report:
+        need_extra("report", "--report")
     report = run_demo(
         args.out,
         case=args.case,
@@ -723,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default", RuntimeWarning)
     try:
         return args.func(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MissingExtraError) as error:
         print(f"regtrack {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .extras import need_extra
 from .parameters import to_elastix_values
 
 __all__ = [
@@ -147,6 +148,7 @@ class FeatureExtractor:
         device: str | None = None,
         checkpoint: str | None = None,
     ):
+        need_extra("impact", f"the {spec.model} feature preset")
         import torch
 
         from impact import load_extractor
@@ -254,6 +256,7 @@ def resolve_native_models(
     ``$XDG_CACHE_HOME/regtrack/impact``, with ``XDG_CACHE_HOME`` defaulting to ``~/.cache``),
     named after the checkpoint it came from, so another checkpoint gets its own file.
     """
+    need_extra("impact", "a native IMPACT preset")
     from impact import EXTRACTOR_NAMES
 
     from . import itk_elastix

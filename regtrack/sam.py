@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .checks import check_frame, check_frames, check_mask
+from .extras import need_extra
 
 if TYPE_CHECKING:  # torch and sam2 are imported on first use: `import regtrack` stays cheap
     import torch
@@ -89,13 +90,9 @@ class SamAnswer:
 
 def _import_sam2():
     """Import sam2's builder, saying how to install it when it is missing."""
-    try:
-        from sam2 import build_sam
-    except ImportError as exc:
-        raise ImportError(
-            "the SAM2.1 tracker needs the sam2 package: pip install -e '.[sam2]' && "
-            "SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps sam2==1.1.0"
-        ) from exc
+    need_extra("sam2", "the SAM2.1 tracker")
+    from sam2 import build_sam
+
     return build_sam
 
 

@@ -121,3 +121,21 @@ def test_every_option_of_every_command_has_help():
                 yield f"{path} {'/'.join(action.option_strings) or action.dest}"
 
     assert list(undocumented(parser(), "regtrack")) == []
+
+
+def test_a_missing_extra_is_named_in_one_line_before_anything_runs(
+    case_dir, tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "jinja2" else real(name, *a)
+    )
+    out = tmp_path / "run"
+    assert main(["track", str(case_dir), "--out", str(out), "--report", "--no-progress"]) == 2
+    assert main(["report", str(out)]) == 2
+    for line in capsys.readouterr().err.strip().splitlines():
+        assert "needs regtrack[report] (jinja2 not installed)" in line
+        assert "pip install" in line
+    assert not out.exists()

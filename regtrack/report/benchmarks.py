@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import need_extra
 from .page import Table, write_benchmark_page
 
 __all__ = [
@@ -69,7 +70,10 @@ def report_benchmark(json_path: str | Path, *, out: str | Path | None = None) ->
     ------
     ValueError
         When the file is missing or is not a JSON object.
+    MissingExtraError
+        When regtrack[report] is not installed.
     """
+    need_extra("report", "a benchmark page")
     json_path = Path(json_path)
     try:
         data = json.loads(json_path.read_text())

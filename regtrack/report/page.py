@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import need_extra
 from .data import load_run, quality, quality_json, summary, trajectory
 
 __all__ = ["Table", "write_benchmark_page", "write_report"]
@@ -217,7 +218,10 @@ def write_report(
     ------
     ValueError
         When ``results_dir`` holds no results (it names the files it expected).
+    MissingExtraError
+        When regtrack[report] is not installed.
     """
+    need_extra("report", "the HTML report")
     from .movie import movie_fps, write_movie
     from .plots import quality_figure, trajectory_figure
 

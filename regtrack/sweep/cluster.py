@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import itk_elastix
+from ..extras import need_extra
 from ..processes import usable_cores
 
 __all__ = ["guarded", "task_results", "usable_cores"]
@@ -187,6 +188,7 @@ def task_results(
         threads = threads_per_task or usable_cores()
         yield (function({**p, "threads": threads}) for p in payloads)
         return
+    need_extra("sweep", "running tasks on dask (--scheduler synchronous runs them here)")
     with (
         _quiet_dask_logs(),
         _client(scheduler, workers, threads_per_task, len(payloads), client) as dask_client,

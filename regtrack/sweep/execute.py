@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..extras import need_extra
 from .cluster import guarded, process_id, task_results, usable_cores
 from .results import RESULTS_FILE, ResultsDB
 from .spec import Setting, SweepSpec, SweepTask, load_sweep_spec
@@ -149,6 +150,8 @@ def run_sweep(
         sweep and ``resume`` is not set.
     """
     start = time.perf_counter()
+    if client is None and scheduler != "synchronous":
+        need_extra("sweep", "a sweep on dask (--scheduler synchronous runs it here, without dask)")
     spec = spec if isinstance(spec, SweepSpec) else load_sweep_spec(spec)
     if workers is not None and (scheduler or client is not None):
         raise ValueError(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..extras import need_extra
 from .results import open_results
 
 __all__ = ["METRICS", "format_report", "pareto_front", "rank_settings", "sweep_report"]
@@ -53,6 +54,8 @@ def sweep_report(results_dir, *, by: str = "dsc", plots: bool = True) -> dict:
         ``ranking`` (one entry per setting, best first), ``by_site``, ``axes`` and ``files``
         (what was written to ``RESULTS/report/``).
     """
+    if plots:
+        need_extra("sweep", "the sweep report's plots (--no-plots skips them)")
     if by not in _KEYS:
         raise ValueError(f"cannot rank by {by!r}; use one of {', '.join(_KEYS)}")
     with open_results(results_dir) as db:
