@@ -719,7 +719,8 @@ def _say_on_stdout(name: str):
     finally:
         logger.removeHandler(plain)
         logger.removeHandler(loud)
-        logger.level, logger.propagate = before
+        logger.setLevel(before[0])  # (setLevel, not .level =: it clears the levels' cache)
+        logger.propagate = before[1]
 
 
 def main(argv: list[str] | None = None) -> int:
