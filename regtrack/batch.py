@@ -395,8 +395,9 @@ def run_batch(
             "--workers sizes a local cluster; an existing cluster (--scheduler) is used as it "
             "is: drop one of the two"
         )
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be 1 or more, got {workers}")
+    for option, value in (("--workers", workers), ("--threads-per-task", threads_per_task)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be 1 or more, got {value}")
     out = Path(out).resolve()
     check_output_paths(out)
     cases, refused = plan_cases(inputs, out)

@@ -134,6 +134,10 @@ def test_bad_input_one_line_each_and_exit_2_when_nothing_can_run(cases, tmp_path
     # One case keeps the single-run layout; the batch options are refused for it.
     assert main(["track", str(cases / "a_labelled"), "--out", str(out), "--workers", "2"]) == 2
     assert "one case" in capsys.readouterr().err
+    for option in ("--workers", "--threads-per-task"):
+        assert main(["track", str(cases), "--out", str(out), option, "0"]) == 2
+        assert f"{option} must be 1 or more" in capsys.readouterr().err
+    assert not out.exists()
     assert not is_batch([cases / "a_labelled"]) and is_batch([cases])
     assert is_batch([f"{cases}/*"]) and is_batch([cases / "a_labelled", cases / "b_unlabelled"])
 
