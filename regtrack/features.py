@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .extras import need_extra
+from .mind import mind_descriptors
 from .parameters import to_elastix_values
 
 __all__ = [
@@ -148,12 +149,21 @@ class FeatureExtractor:
         device: str | None = None,
         checkpoint: str | None = None,
     ):
-        need_extra("impact", f"the {spec.model} feature preset")
+        self.spec = spec
+        self.device = "cpu"
+        self.model = None
+        self._layers = spec.layers
+        if spec.model.lower() != "mind":  # MIND runs on OpenCV (regtrack.mind), no torch
+            self._load_model(reference, device, checkpoint)
+        self.weights = self._channel_weights(reference)
+
+    def _load_model(self, reference, device, checkpoint) -> None:
+        need_extra("impact", f"the {self.spec.model} feature preset")
         import torch
 
         from impact import load_extractor
 
-        self.spec = spec
+        spec = self.spec
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         options = {}
         if spec.model.lower().startswith("sam2"):
@@ -164,29 +174,35 @@ class FeatureExtractor:
         if spec.pca_components and hasattr(self.model, "fit_pca"):
             self.model.fit_pca(reference)
         self._layers = None if "layers" in options else spec.layers
-        self.weights = self._channel_weights(reference)
 
-    def _maps(self, frame: np.ndarray) -> list:
+    def _maps(self, frame: np.ndarray) -> list[np.ndarray]:
+        """The selected layers, each (C, h, w) float32 on the frame grid."""
+        if self.model is None:
+            maps = [mind_descriptors(frame)]
+        else:
+            maps = self._model_maps(frame)
+        return maps if self._layers is None else [maps[i] for i in self._layers]
+
+    def _model_maps(self, frame: np.ndarray) -> list[np.ndarray]:
         import torch
+        import torch.nn.functional as F
 
         x = torch.from_numpy(np.ascontiguousarray(frame, np.float32))[None, None].to(self.device)
         with torch.inference_mode():
             maps = self.model(x)
-        if self._layers is not None:
-            maps = [maps[i] for i in self._layers]
-        return maps
+        return [
+            F.interpolate(m, size=frame.shape, mode="bilinear", align_corners=False)[0]
+            .float()
+            .cpu()
+            .numpy()
+            if m.shape[-2:] != frame.shape
+            else m[0].float().cpu().numpy()
+            for m in maps
+        ]
 
     def __call__(self, frame: np.ndarray) -> list[np.ndarray]:
         """Feature channels of one frame, each (H, W) float32 on the frame grid."""
-        import torch.nn.functional as F
-
-        channels = []
-        for feature_map in self._maps(frame):
-            if feature_map.shape[-2:] != frame.shape:
-                feature_map = F.interpolate(
-                    feature_map, size=frame.shape, mode="bilinear", align_corners=False
-                )
-            channels.extend(np.ascontiguousarray(feature_map[0].float().cpu().numpy()))
+        channels = [np.ascontiguousarray(c) for m in self._maps(frame) for c in m]
         if self.spec.image_weight:
             channels.insert(0, np.ascontiguousarray(frame, np.float32))
         return channels
@@ -194,7 +210,7 @@ class FeatureExtractor:
     def _channel_weights(self, reference: np.ndarray) -> list[tuple[float, ...]]:
         """Per channel, its weight at each resolution (or one for all): each layer's weight
         shared equally among its channels, the frame's own weight first when it is used."""
-        sizes = [int(m.shape[1]) for m in self._maps(reference)]
+        sizes = [int(m.shape[0]) for m in self._maps(reference)]
         weights = [
             tuple(total * w / n for total in self.spec.feature_weight)
             for w, n in zip(self.spec.layer_weights, sizes, strict=True)
