@@ -193,8 +193,15 @@ def regtrack_settings(name: str) -> dict:
     for change in changes:
         key, _, text = change.partition("=")
         words = {"true": True, "false": False, "none": None}
-        settings[key] = words[text.lower()] if text.lower() in words else float(text)
+        settings[key] = words[text.lower()] if text.lower() in words else _number_or_text(text)
     return settings
+
+
+def _number_or_text(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def track_regtrack(name: str):
@@ -206,10 +213,16 @@ def track_regtrack(name: str):
         settings = TrackerSettings(**regtrack_settings(name))
         results = iter_track(frames, first_mask, settings=settings, spacing_mm=spacing_mm, start=1)
         for result in results:
-            timings.append((result.feature_ms, result.registration_ms))
+            timings.append((result.feature_ms, result.registration_ms, answered_by(result)))
             yield result.mask
 
     return run
+
+
+def answered_by(result) -> str:
+    """Which map answered a frame: "registration", "flow" (the fast tracker's, as fallback or
+    as the start alone) or the fallback source ("previous", "sam")."""
+    return result.candidate or result.source
 
 
 def method_function(name: str):
@@ -250,9 +263,12 @@ def run_method(name: str, case: BenchCase, *, peer_scaling: str = "sequence") ->
     scores["s_per_frame_mean"] = float(np.mean(seconds))
     scores["s_per_frame_p95"] = float(np.percentile(seconds, 95))
     if timings:
-        feature_ms, registration_ms = np.median(timings, axis=0)
+        feature_ms, registration_ms = np.median([t[:2] for t in timings], axis=0)
         scores["feature_ms_median"] = float(feature_ms)
         scores["registration_ms_median"] = float(registration_ms)
+        answers = [t[2] for t in timings]
+        scores["answered_by"] = {name: answers.count(name) for name in sorted(set(answers))}
+        scores["registration_share"] = answers.count("registration") / len(answers)
     return scores
 
 
@@ -408,6 +424,7 @@ SUMMARY_COLUMNS = (
     ("masd_mm", "MASD mm", "{:.3f}"),
     ("relative_d98", "rel D98", "{:.4f}"),
     ("s_per_frame_median", "s/frame", "{:.3f}"),
+    ("registration_share", "by registration", "{:.0%}"),
     ("feature_ms_median", "features ms", "{:.1f}"),
     ("registration_ms_median", "elastix ms", "{:.0f}"),
 )

@@ -29,7 +29,7 @@ import numpy as np
 
 from .refine import sample
 
-__all__ = ["Candidate", "Choice", "choose_candidate", "flow_candidate"]
+__all__ = ["Candidate", "Choice", "choose_candidate", "flow_candidate", "grown"]
 
 _FLOW_PRESET = "MEDIUM"
 # The preset's flow stops at half resolution; at full resolution it follows fine motion better
@@ -65,7 +65,7 @@ def flow_candidate(frame, frame0, part, shift_mm, spacing_mm, value_range) -> Ca
     import cv2
 
     spacing = np.asarray(spacing_mm, float)[:, None, None]
-    context = _grown(part, frame.shape, _FLOW_CONTEXT_MM / spacing[:, 0, 0])
+    context = grown(part, frame.shape, _FLOW_CONTEXT_MM / spacing[:, 0, 0])
     rows, cols = np.indices(frame.shape, dtype=np.float64)
     start = np.stack([rows[context], cols[context]])
     start += np.asarray(shift_mm, float)[:, None, None] / spacing
@@ -80,7 +80,7 @@ def flow_candidate(frame, frame0, part, shift_mm, spacing_mm, value_range) -> Ca
     return Candidate("flow", ((start + flow_rc) * spacing)[:, inner[0], inner[1]])
 
 
-def _grown(part, shape, margin_px) -> tuple[slice, slice]:
+def grown(part, shape, margin_px) -> tuple[slice, slice]:
     """``part`` grown by ``margin_px`` (rows, cols) on every side, clipped to ``shape``."""
     return tuple(
         slice(max(0, (p.start or 0) - int(m)), min(n, (p.stop or n) + int(m)))

@@ -96,6 +96,9 @@ def has_signal(image: np.ndarray) -> bool:
 
 # --------------------------------------------------------------------------- settings
 
+#: Where a registration may start (TrackerSettings.start).
+START_KINDS = ("translation", "flow")
+
 #: Settings that are lengths or areas: (field, CLI flag, zero allowed).
 _SIZES = (
     ("roi_margin_mm", "--roi-margin-mm", True),
@@ -130,6 +133,14 @@ def check_tracker_settings(settings) -> None:
             f"min_area_ratio ({settings.min_area_ratio}) must be below max_area_ratio "
             f"({settings.max_area_ratio})"
         )
+    if settings.start not in START_KINDS:
+        raise ValueError(
+            f"start must be one of {START_KINDS}, got {settings.start!r}: 'translation' starts "
+            "each registration from the previous answer's shift, 'flow' from the fast "
+            "tracker's dense map"
+        )
+    if settings.start_only and settings.start != "flow":
+        raise ValueError("start_only=True answers with the flow's start: set start='flow' too")
     check_parameter_names(list(settings.overrides))
     check_parameter_values(settings.overrides)
     check_preset_values(settings.preset, settings.overrides)

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import itk_elastix
 from .budget import LADDER, Schedule, check_budget, scaled_maps
-from .candidates import Candidate, Choice, choose_candidate, flow_candidate
+from .candidates import Candidate, Choice, choose_candidate, flow_candidate, grown
 from .checks import check_tracker_settings, has_signal
 from .features import (
     NATIVE_IMPACT_MISSING,
@@ -30,6 +30,7 @@ from .features import (
     resolve_native_models,
     uses_native_impact,
 )
+from .flowstart import register_from_start
 from .gate import centroid_mm, folded_fraction, registration_gate
 from .intensity import flatten_intensity
 from .parameters import DEFAULT_PRESET, load_parameter_maps
@@ -98,6 +99,17 @@ class TrackerSettings:
         the target's frame-0 place and the flow's target within ``candidate_agree_mm`` of the
         registration's: flow straight to frame 0 loses the target after a jump without
         telling.
+    start : {"translation", "flow"}
+        Where each frame's registration starts. "translation": the shift that carries the
+        previous answer back to frame 0, then the preset's whole pyramid (and the flow
+        candidate and refinement above). "flow": the fast tracker's dense map of the target's
+        neighbourhood (DIS flow from frame t to frame 0, started from that shift,
+        :mod:`regtrack.flowstart`); frame 0 pulled back by it is the moving image, and the
+        preset's finest level corrects it. A frame whose started registration fails or fails
+        its gate is answered by the flow itself, with the reason (``candidate_reason``).
+    start_only : bool
+        With ``start="flow"``: answer with the start alone, no registration (the fast
+        tracker's own accuracy, the baseline the registration has to beat).
     min_area_ratio, max_area_ratio : float
         Quality gate: a registered mask whose area leaves this range relative to the previous
         frame's answer is rejected and the previous mask kept (through-plane motion changes
@@ -149,6 +161,8 @@ class TrackerSettings:
     flow_candidate: bool = True
     candidate_agree_mm: float = 3.0
     flow_max_shift_mm: float = 15.0
+    start: str = "translation"
+    start_only: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -179,7 +193,8 @@ class FrameResult:
     registration started from (0: SAM's mask of this frame; -1: no registration started).
     ``candidate`` says which map answered a registered frame ("registration" or "flow",
     :mod:`regtrack.candidates`; "" when none did) and ``candidate_reason`` why the flow was
-    passed over.
+    passed over. ``start`` is where the registration started: "translation" or "flow" (the fast
+    tracker's dense map, :mod:`regtrack.flowstart`).
     """
 
     index: int
@@ -206,6 +221,7 @@ class FrameResult:
     start_age: int = -1
     candidate: str = ""
     candidate_reason: str = ""
+    start: str = "translation"
 
     def record(self) -> dict:
         """The JSON-serialisable per-frame record (no arrays)."""
@@ -270,6 +286,7 @@ class Engine:
     use_roi: bool
     step_sizes: dict  # ASGD's estimates on frame 0, fixed for every frame ({}: estimated per frame)
     moving_box: tuple[slice, slice] | None = None  # the part of frame 0 elastix is given
+    start_maps: dict | None = None  # Schedule -> maps of the registration started by the flow
 
     @property
     def check_folds(self) -> bool:
@@ -301,6 +318,15 @@ class Engine:
         if settings.calibrate_step_sizes and step_sizes:
             parameter_maps = with_step_sizes(parameter_maps, step_sizes)
         scaled = {schedule: scaled_maps(parameter_maps, schedule) for schedule in LADDER}
+        start_maps = None
+        if settings.start == "flow":
+            started = finest_level(load_parameter_maps(settings.preset, settings.overrides))
+            if extractor:
+                started = expand_for_channels(started, extractor.weights)
+            sizes = _trial_run(started, moving, spacing_mm, box, moving_box)
+            if settings.calibrate_step_sizes and sizes:
+                started = with_step_sizes(started, sizes)
+            start_maps = {schedule: scaled_maps(started, schedule)[0] for schedule in LADDER}
         return cls(
             parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
             works={schedule: work for schedule, (_, work) in scaled.items()},
@@ -315,6 +341,7 @@ class Engine:
             use_roi=use_roi,
             step_sizes=step_sizes if settings.calibrate_step_sizes else {},
             moving_box=moving_box,
+            start_maps=start_maps,
         )
 
     def track_frame(
@@ -357,6 +384,11 @@ class Engine:
             )
         except RegistrationError as error:
             return _fallback(previous, str(error), start, **common)
+        if self.start_maps is not None and schedule.flow_candidate and not return_fields:
+            common["start"] = "flow"
+            return self._track_from_flow(
+                frame, fixed, previous, box, shift, schedule, start, common
+            )
         # The mask can only land near where the target was (the ROI); the whole frame is
         # mapped only when a field is wanted.
         whole = (slice(None), slice(None))
@@ -418,6 +450,57 @@ class Engine:
             candidate_reason=passed_over,
             **common,
         )
+
+    def _track_from_flow(self, frame, fixed, previous, box, shift, schedule, start, common):
+        """The fast tracker's map starts the registration; the flow answers if it fails."""
+        box = box or (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
+        room = grown(box, frame.shape, np.ceil(_START_ROOM_MM / np.asarray(self.spacing_mm)))
+        flow = flow_candidate(frame, self.frame0, room, shift, self.spacing_mm, self.frame0_range)
+        reason, result = "start only (start_only=True)", None
+        if not self.settings.start_only:
+            try:
+                started = register_from_start(
+                    fixed,
+                    self.moving,
+                    flow.points,
+                    room,
+                    box,
+                    self.start_maps[schedule],
+                    self.spacing_mm,
+                )
+            except RegistrationError as error:
+                reason = str(error)
+            else:
+                result, reason = self._answer(started.points, box, previous, started.registration)
+        if result is None:
+            inner = _within(box, room)
+            result, flow_reason = self._answer(flow.points[:, inner[0], inner[1]], box, previous)
+            if flow_reason:
+                return _fallback(
+                    previous, f"{reason}; the flow too: {flow_reason}", start, **common
+                )
+            registration = None
+        else:
+            registration = started.registration
+        return FrameResult(
+            mask=result,
+            source="registration",
+            metric_value=registration.metric_value if registration else float("nan"),
+            iterations=registration.iterations if registration else 0,
+            registration_ms=registration.elapsed_ms if registration else 0.0,
+            elapsed_ms=(time.perf_counter() - start) * 1e3,
+            candidate="registration" if registration else "flow",
+            candidate_reason="" if registration else reason,
+            **common,
+        )
+
+    def _answer(self, points, box, previous, registration=None):
+        """mask(0) pulled back by ``points`` over ``box``, and why the gate refuses it ('')."""
+        mask = np.zeros(previous.shape, bool)
+        mask[box] = warp_mask_to(self.first_mask, points, self.spacing_mm)
+        metric = registration.metric_value if registration else 0.0
+        reason = registration_gate(mask, metric, int(previous.sum()), self.settings)
+        return (None, reason) if reason else (mask, "")
 
     def _choose(self, frame, near, registered, shift) -> Choice:
         """The registration's map of the ``near`` part or the flow's (:mod:`.candidates`)."""
@@ -504,6 +587,32 @@ def _estimates_step_sizes(parameter_map) -> bool:
     optimizer = parameter_map.get("Optimizer", ("",))[0]
     automatic = parameter_map.get("AutomaticParameterEstimation", ("false",))[0]
     return optimizer == "AdaptiveStochasticGradientDescent" and automatic == "true"
+
+
+# The flow-started registration's moving image covers the ROI and this much more (mm): the
+# room its correction may need; samples mapped beyond it are skipped.
+_START_ROOM_MM = 10.0
+# A start that is already close needs small steps: ASGD's estimate allows a pixel a step.
+_START_MAX_STEP_MM = 0.2
+
+
+def finest_level(parameter_maps):
+    """The maps reduced to their finest level at the preset's own grid spacing, with small
+    steps: a registration that corrects a start that is already close (measured on
+    synthetic_dev d09/d11/d13: these limits lost least to the start; more levels, a finer
+    grid or longer steps moved further from the truth)."""
+    finest = itk_elastix.parameter_object()
+    for index in range(parameter_maps.GetNumberOfParameterMaps()):
+        parameter_map = dict(parameter_maps.GetParameterMap(index))
+        parameter_map["NumberOfResolutions"] = ("1",)
+        parameter_map["ImagePyramidSchedule"] = ("1", "1")
+        parameter_map["GridSpacingSchedule"] = ("1",)
+        parameter_map["MaximumNumberOfIterations"] = parameter_map.get(
+            "MaximumNumberOfIterations", ("30",)
+        )[-1:]
+        parameter_map["MaximumStepLength"] = (repr(_START_MAX_STEP_MM),)
+        finest.AddParameterMap(parameter_map)
+    return finest
 
 
 def _within(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[slice, slice]:
