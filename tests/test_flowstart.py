@@ -1,0 +1,101 @@
+"""The registration started from the fast tracker's dense map (regtrack.flowstart)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from regtrack.engine import TrackerSettings, finest_level
+from regtrack.flowstart import register_from_start
+from regtrack.parameters import load_parameter_maps
+from regtrack.phantom import generate_phantom
+from regtrack.tracking import iter_track
+
+SPACING = (1.0, 1.0)
+BOX = (slice(34, 94), slice(34, 94))  # the registration's region
+ROOM = (slice(24, 104), slice(24, 104))  # the start's region: the box and 10 px around it
+INNER = (slice(10, 70), slice(10, 70))  # the box within the room
+
+
+@pytest.fixture(scope="module")
+def known_motion():
+    """Frame 0 of smooth blobs, frame t = frame 0 moved by a known smooth field, plus noise;
+    returns frame 0, frame t and the truth: frame-0 position (px) of every frame-t pixel."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:128, 0:128].astype(float)
+    image = np.zeros((128, 128))
+    for _ in range(25):
+        r, c, s, a = (
+            rng.uniform(10, 118),
+            rng.uniform(10, 118),
+            rng.uniform(3, 9),
+            rng.uniform(50, 150),
+        )
+        image += a * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * s * s))
+    truth = np.stack([rows + 1.6 + 0.6 * np.sin(cols / 25), cols - 1.1 + 0.5 * np.cos(rows / 30)])
+    frame_t = ndimage.map_coordinates(image, truth, order=3, mode="nearest")
+    frame_t += rng.normal(0, 2.0, frame_t.shape)
+    return image.astype(np.float32), frame_t.astype(np.float32), truth
+
+
+def _error_px(points, truth) -> float:
+    return float(np.hypot(*(points - truth[:, BOX[0], BOX[1]])).mean())
+
+
+def test_the_registration_corrects_a_start_that_is_off(known_motion):
+    frame0, frame_t, truth = known_motion
+    start = truth[:, ROOM[0], ROOM[1]] + np.array([0.8, -0.6])[:, None, None]
+    maps = finest_level(load_parameter_maps("bspline_ncc"))
+    started = register_from_start(frame_t, frame0, start, ROOM, BOX, maps, SPACING)
+    assert _error_px(start[:, INNER[0], INNER[1]], truth) == pytest.approx(1.0)
+    assert started.points.shape == (2, 60, 60)
+    assert _error_px(started.points, truth) < 0.4
+
+
+def test_an_exact_start_stays_exact(known_motion):
+    frame0, frame_t, truth = known_motion
+    maps = finest_level(load_parameter_maps("bspline_ncc"))
+    started = register_from_start(
+        frame_t, frame0, truth[:, ROOM[0], ROOM[1]], ROOM, BOX, maps, SPACING
+    )
+    assert _error_px(started.points, truth) < 0.2
+
+
+def test_the_finest_level_keeps_the_presets_last_iterations():
+    finest = dict(finest_level(load_parameter_maps("bspline_ncc")).GetParameterMap(0))
+    preset = dict(load_parameter_maps("bspline_ncc").GetParameterMap(0))
+    assert finest["NumberOfResolutions"] == ("1",)
+    assert finest["MaximumNumberOfIterations"] == preset["MaximumNumberOfIterations"][-1:]
+    assert finest["FinalGridSpacingInPhysicalUnits"] == preset["FinalGridSpacingInPhysicalUnits"]
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom(n_frames=6)
+
+
+def test_frames_record_the_start_and_who_answered(phantom):
+    settings = TrackerSettings(start="flow")
+    results = list(iter_track(phantom.frames, phantom.first_mask, settings=settings, start=1))
+    assert {r.start for r in results} == {"flow"}
+    assert all(r.candidate == "registration" and r.iterations > 0 for r in results)
+    assert all(r.record()["start"] == "flow" for r in results)
+
+
+def test_start_only_answers_with_the_flow_and_says_so(phantom):
+    settings = TrackerSettings(start="flow", start_only=True)
+    results = list(iter_track(phantom.frames, phantom.first_mask, settings=settings, start=1))
+    assert all(r.candidate == "flow" and r.iterations == 0 for r in results)
+    assert all("start_only" in r.candidate_reason for r in results)
+    assert all(r.mask.any() for r in results)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"start": "sam"}, "start must be one of"),
+        ({"start_only": True}, "set start='flow'"),
+    ],
+)
+def test_bad_start_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrackerSettings(**settings)
