@@ -18,6 +18,7 @@ __all__ = [
     "check_frames",
     "check_mask",
     "check_sequence",
+    "check_spacing",
     "check_tracker_settings",
     "has_signal",
 ]
@@ -146,9 +147,46 @@ def check_tracker_settings(settings) -> None:
     check_preset_values(settings.preset, settings.overrides)
 
 
+#: Pixel spacings outside this range (mm) come from no scanner: a header written wrongly.
+SPACING_RANGE_MM = (0.01, 100.0)
+#: Frame rates above this (Hz) come from no cine acquisition.
+MAX_FRAME_RATE_HZ = 1000.0
+
+
+def check_spacing(spacing_mm, what: str) -> tuple[float, ...]:
+    """The (row, col) pixel spacing as floats, else ValueError naming the value and ``what``.
+
+    Each value must be finite and within :data:`SPACING_RANGE_MM`: elastix turns a spacing of
+    1e6 mm into an allocation failure or a crash, and 1000 mm into a registration that never
+    ends; a spacing of 1e-6 mm makes every length setting (margins, grid spacing) meaningless.
+    """
+    low, high = SPACING_RANGE_MM
+    values = []
+    for value in spacing_mm:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (np.isfinite(number) and low <= number <= high):
+            shown = ", ".join(
+                f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in spacing_mm
+            )
+            raise ValueError(
+                f"{what} has a pixel spacing of ({shown}) mm; a spacing must be a finite number "
+                f"from {low:g} to {high:g} mm. Correct the spacing in the file's header"
+            )
+        values.append(number)
+    return tuple(values)
+
+
 def check_frame_rate(hz, name: str = "frame_rate_hz") -> float:
-    """A frame rate as a positive finite float, else ValueError naming ``name``."""
-    return _check_number(hz, name, zero_ok=False)
+    """A frame rate as a finite float in (0, :data:`MAX_FRAME_RATE_HZ`], else ValueError."""
+    rate = _check_number(hz, name, zero_ok=False)
+    if rate > MAX_FRAME_RATE_HZ:
+        raise ValueError(
+            f"{name} must be a frame rate from > 0 to {MAX_FRAME_RATE_HZ:g} Hz, got {hz!r}"
+        )
+    return rate
 
 
 def _check_number(value, name: str, *, zero_ok: bool) -> float:

@@ -7,8 +7,8 @@ Heavy libraries (itk, torch) are imported inside the commands so ``regtrack --he
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -527,10 +527,13 @@ def _trackrad(args) -> int:
 
 def _evaluate(args) -> int:
     from .evaluation import evaluate_paths
+    from .runfolder import check_not_inputs, strict_json, writing
 
-    scores, table = evaluate_paths(args.pred, args.gt)
     out = args.json or (args.pred if args.pred.is_dir() else args.pred.parent) / "scores.json"
-    out.write_text(json.dumps(scores, indent=2))
+    check_not_inputs({"--json": out}, [args.pred, args.gt])
+    with writing([out], fix="pass --json with another file"):
+        scores, table = evaluate_paths(args.pred, args.gt)
+        out.write_text(strict_json(scores, indent=2))
     print(table)
     print(f"scores: {out}")
     if scores["failed"]:
@@ -723,19 +726,48 @@ def _say_on_stdout(name: str):
         logger.propagate = before[1]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``with`` cleans up."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``regtrack`` command; returns the exit code (2 for bad input)."""
+    """Run the ``regtrack`` command; returns the exit code (2 for bad input).
+
+    SIGTERM is handled like Ctrl-C (exit 143 instead of 130): the run lock is released, the
+    records stay whole, and the temporary folders of the command and its workers are removed.
+    """
+    from .runfolder import private_temp_dir
+
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format=_LOG_FORMAT)
     warnings.simplefilter("default", RuntimeWarning)
+    previous = _handle_sigterm()
     try:
-        return args.func(args)
+        with private_temp_dir():
+            return args.func(args)
     except (ValueError, OSError, MissingExtraError) as error:
         print(f"regtrack {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        why = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"{why}; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handle_sigterm():
+    """Route SIGTERM to :class:`Terminated` (main thread only); return the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 if __name__ == "__main__":

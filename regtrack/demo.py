@@ -27,18 +27,18 @@ def run_demo(
     ``out_dir/scores.json``. With ``report``, the HTML report of the run (movie, plots,
     metrics) goes to ``out_dir/<case>/regtrack/report/index.html``.
     """
-    import json
-
     from .evaluation import read_mask_sequence
     from .io import read_case
     from .metrics import evaluate_case, format_table
     from .phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
     from .run import track_case
-    from .runfolder import RunFiles, read_records
+    from .runfolder import RunFiles, claim_outputs, read_records, strict_json, writing
 
     if case not in BENCHMARK_SPECS:
         raise ValueError(f"unknown demo case {case!r}; valid names are {sorted(BENCHMARK_SPECS)}")
     out_dir = Path(out_dir)
+    scores_path = out_dir / "scores.json"
+    claim_outputs([scores_path], fix="choose another --out folder")
     overrides = {"n_frames": n_frames} if n_frames else {}
     phantom = generate_phantom(BENCHMARK_SPECS[case], **overrides)
     folder = write_phantom_case(phantom, out_dir)
@@ -52,8 +52,8 @@ def run_demo(
         f"regtrack ({case})": evaluate_case(predicted, phantom.masks, scanned_region=region),
         f"copy first mask ({case})": evaluate_case(copied, phantom.masks, scanned_region=region),
     }
-    scores_path = out_dir / "scores.json"
-    scores_path.write_text(json.dumps(per_method, indent=2))
+    with writing([scores_path], fix="choose another --out folder"):
+        scores_path.write_text(strict_json(per_method, indent=2))
     records = read_records(RunFiles(run_dir).records)
     ms = np.median([r["elapsed_ms"] for r in records if r["source"] != "given"])
     lines = []

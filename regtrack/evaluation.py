@@ -25,7 +25,7 @@ def _read_masks(path: Path, time_axis: int | None = None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file {path} does not exist; check the path.")
-    reader = FrameReader(path, time_axis=time_axis, dtype=np.float64)
+    reader = FrameReader(path, time_axis=time_axis, dtype=np.float64, what="mask file")
     try:
         values = np.asarray(reader[:])
     except ValueError as err:
@@ -79,35 +79,47 @@ def _check_same_spacing(pred_path: Path, pred_mm, gt_path: Path, gt_mm) -> None:
         )
 
 
-def _pairs(pred: Path, gt: Path) -> dict[str, tuple[Path, Path]]:
-    """Case name -> (prediction, ground truth); folders are matched by case name."""
+def _pairs(pred: Path, gt: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, str]]:
+    """Case name -> (prediction, ground truth), and case name -> why it has no prediction;
+    folders are matched by case name, and every ground-truth case folder is listed."""
     if not pred.is_dir():
-        return {gt.name if gt.is_dir() else pred.stem: (pred, gt)}
-    pairs = {}
+        return {gt.name if gt.is_dir() else pred.stem: (pred, gt)}, {}
+    if not gt.is_dir():
+        raise ValueError(
+            f"{pred} is a folder of predictions but the ground truth {gt} is not a folder; "
+            "pass the folder of TrackRAD case folders"
+        )
+    pairs, missing = {}, {}
     for case_dir in sorted(p for p in gt.iterdir() if p.is_dir()):
-        for candidate in (pred / case_dir.name / "output.mha", pred / f"{case_dir.name}.mha"):
-            if candidate.exists():
-                pairs[case_dir.name] = (candidate, case_dir)
-                break
+        candidates = (pred / case_dir.name / "output.mha", pred / f"{case_dir.name}.mha")
+        found = next((c for c in candidates if c.exists()), None)
+        if found is not None:
+            pairs[case_dir.name] = (found, case_dir)
+        elif (case_dir / "images").is_dir():
+            missing[case_dir.name] = (
+                f"no prediction: expected {candidates[0]} or {candidates[1]}; a case without "
+                "a prediction counts as failed"
+            )
     if not pairs:
         raise ValueError(
             f"no prediction in {pred} matches a case folder in {gt}; expected "
             f"{pred}/<case>/output.mha or {pred}/<case>.mha for each <case> folder in {gt}."
         )
-    return pairs
+    return pairs, missing
 
 
 def evaluate_paths(pred: Path, gt: Path) -> tuple[dict, str]:
     """Score prediction file(s) against ground truth; returns (scores, printable table).
 
     ``scores`` holds ``per_case`` (metric values per case), ``summary`` (mean, std, min) and
-    ``failed`` (case name -> why it could not be scored). A single pair that cannot be scored
+    ``failed`` (case name -> why it could not be scored, including every ground-truth case
+    that has no prediction; the summary is over the scored cases only). A single pair that cannot be scored
     raises ValueError; in a folder every other case is still scored.
     """
     from .metrics import format_table, summarize
 
-    pairs = _pairs(Path(pred), Path(gt))
-    per_case, failed = {}, {}
+    pairs, missing = _pairs(Path(pred), Path(gt))
+    per_case, failed = {}, dict(missing)
     for name, (pred_path, gt_path) in pairs.items():
         try:
             per_case[name] = _score_pair(pred_path, gt_path)
@@ -117,7 +129,7 @@ def evaluate_paths(pred: Path, gt: Path) -> tuple[dict, str]:
             failed[name] = str(err)
     summary = summarize(per_case) if per_case else {}
     table = format_table(per_case, summary or None) if per_case else "no case could be scored"
-    table += "".join(f"\nnot scored: {name}: {why}" for name, why in failed.items())
+    table += "".join(f"\nnot scored: {name}: {why}" for name, why in sorted(failed.items()))
     return {"per_case": per_case, "summary": summary, "failed": failed}, table
 
 

@@ -40,6 +40,7 @@ import operator
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .checks import as_binary_mask
+from .checks import as_binary_mask, check_frame_rate, check_spacing
 
 __all__ = [
     "Case",
@@ -267,9 +268,12 @@ def _open_reader(path: Path, what: str) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
+        reason = _first_line(err)
+        if "No such file" in reason:  # SimpleITK's words for a header it cannot parse
+            reason = "its header cannot be parsed"
         raise ValueError(
-            f"cannot read the {what} {path}: SimpleITK says: {_first_line(err)}; "
-            f"check that the file is a complete image ({', '.join(IMAGE_SUFFIXES)})"
+            f"cannot read the {what} {path}: {reason}; the file is truncated or not an image "
+            f"({', '.join(IMAGE_SUFFIXES)}): copy or export it again"
         ) from err
     _check_complete(reader, path, what)
     return reader
@@ -386,15 +390,17 @@ class FrameReader:
         time_axis: int | None = None,
         dtype: Any = np.float32,
         chunk_size: int | None = None,
+        what: str = "sequence",
     ) -> None:
-        self.path = Path(path)
-        self._reader = _open_reader(self.path, "sequence")
+        self.path, self.what = Path(path), what
+        self._reader = _open_reader(self.path, what)
         size = tuple(self._reader.GetSize())
         axis = _default_time_axis(size) if time_axis is None else int(time_axis)
         self.geometry = Geometry.from_reader(self._reader, axis)
+        check_spacing(self.geometry.spacing_mm, f"the {what} {self.path}")
         if self.geometry.n_frames < 2:
             raise ValueError(
-                f"sequence {self.path} has {self.geometry.n_frames} frame (ITK size {size}, "
+                f"{what} {self.path} has {self.geometry.n_frames} frame (ITK size {size}, "
                 f"time on ITK axis {axis}); tracking needs at least 2 frames. If time is on "
                 "another axis, pass time_axis="
             )
@@ -461,7 +467,7 @@ class FrameReader:
         size[self.geometry.time_axis] = stop - start
         self._reader.SetExtractIndex(index)
         self._reader.SetExtractSize(size)
-        image = _execute(self._reader, self.path, "sequence")
+        image = _execute(self._reader, self.path, self.what)
         frames = _from_file_array(sitk.GetArrayViewFromImage(image), self.geometry, self.dtype)
         self._check_finite(frames, start)
         return frames
@@ -519,6 +525,7 @@ class FrameReader:
             "time_axis": self.geometry.time_axis,
             "dtype": self.dtype,
             "chunk_size": self.chunk_size,
+            "what": self.what,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -527,6 +534,7 @@ class FrameReader:
             time_axis=state["time_axis"],
             dtype=state["dtype"],
             chunk_size=state["chunk_size"],
+            what=state.get("what", "sequence"),
         )
 
 
@@ -741,7 +749,7 @@ def _detect_time_axis(seq_size: tuple[int, ...], mask_size: tuple[int, ...]) -> 
 
 def _open_labels(path: Path, geometry: Geometry) -> FrameReader:
     """Ground-truth sequence, checked to match the frames' geometry."""
-    labels = FrameReader(path, time_axis=geometry.time_axis, dtype=np.uint8)
+    labels = FrameReader(path, time_axis=geometry.time_axis, dtype=np.uint8, what="labels")
     if labels.geometry.size != geometry.size:
         raise ValueError(
             f"labels {path} have ITK size {labels.geometry.size} but the sequence has "
@@ -756,6 +764,17 @@ def _read_metadata(folder: Path | None) -> dict[str, Any]:
     if folder is None:
         return {}
     rate = _read_json(folder / _FRAME_RATE_JSON, (int, float))
+    if rate is not None:
+        try:
+            rate = check_frame_rate(rate, f"the frame rate in {folder / _FRAME_RATE_JSON}")
+        except ValueError as err:
+            warnings.warn(
+                f"{err}; ignoring it (offline tracking does not need it; `realtime` then "
+                "needs --frame-rate)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            rate = None
     field = _read_json(folder / _FIELD_STRENGTH_JSON, (int, float))
     region = _read_json(folder / _SCANNED_REGION_JSON, (str,))
     return {
@@ -808,6 +827,8 @@ def read_mask(path: str | os.PathLike[str], geometry: Geometry) -> np.ndarray:
     """
     path = Path(path)
     reader = _open_reader(path, "first-frame mask")
+    sizes, spacing = reader.GetSize(), reader.GetSpacing()
+    check_spacing([s for n, s in zip(sizes, spacing) if n > 1], f"the first-frame mask {path}")
     image = _execute(reader, path, "first-frame mask")
     values, spacing_mm = _mask_frame(image, geometry, path)
     _check_spacing(spacing_mm, geometry.spacing_mm, f"mask {path}")
@@ -938,11 +959,12 @@ def _checked_labels(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
 def _checked_spacing(spacing_mm: Any) -> tuple[float, float]:
     """(row, col) spacing as two positive finite floats."""
     values = tuple(float(s) for s in np.ravel(spacing_mm))
-    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+    if len(values) != 2:
         raise ValueError(
             f"spacing_mm must be two positive numbers (row, col) in mm, got {spacing_mm!r}"
         )
-    return (values[0], values[1])
+    row, col = check_spacing(values, "spacing_mm")
+    return (row, col)
 
 
 # --------------------------------------------------------------------------- writing
@@ -1036,7 +1058,7 @@ def _write_image(image: sitk.Image, path: Path, *, compress: bool) -> None:
 def _write_json(path: Path, value: Any) -> None:
     """Write one json value atomically."""
     scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(value))
+    scratch.write_text(json.dumps(value, allow_nan=False))
     os.replace(scratch, path)
 
 
@@ -1086,26 +1108,36 @@ def write_trackrad_case(
     """
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"name must be a plain folder name such as 'A_001', got {name!r}")
-    if not float(frame_rate_hz) > 0:
-        raise ValueError(f"frame_rate_hz must be positive, got {frame_rate_hz!r}")
+    from .runfolder import writing
+
+    check_frame_rate(frame_rate_hz)
     case = case_from_arrays(frames, first_mask, spacing_mm=spacing_mm, name=name, labels=labels)
     folder = Path(directory) / name
     geometry = _trackrad_geometry(len(case.frames), case.first_mask.shape, case.spacing_mm)
-    _write_image(
-        _image_from_frames(case.frames, geometry, np.float32),
-        folder / "images" / f"{name}_frames.mha",
-        compress=False,
-    )
-    _write_image(
-        _image_from_frames(case.first_mask[None], geometry.with_frames(1), np.uint8),
-        folder / "targets" / f"{name}_first_label.mha",
-        compress=True,
-    )
-    if case.labels is not None:
-        write_masks(folder / "targets" / f"{name}_labels.mha", case.labels, geometry=geometry)
-    _write_json(folder / _FRAME_RATE_JSON, float(frame_rate_hz))
-    _write_json(folder / _FIELD_STRENGTH_JSON, float(field_strength_t))
-    _write_json(folder / _SCANNED_REGION_JSON, str(scanned_region))
+    files = {
+        "frames": folder / "images" / f"{name}_frames.mha",
+        "mask": folder / "targets" / f"{name}_first_label.mha",
+        "labels": folder / "targets" / f"{name}_labels.mha",
+        "rate": folder / _FRAME_RATE_JSON,
+        "field": folder / _FIELD_STRENGTH_JSON,
+        "region": folder / _SCANNED_REGION_JSON,
+    }
+    if case.labels is None:
+        del files["labels"]
+    with writing(files.values(), fix=f"write the case under another name than {name!r}"):
+        _write_image(
+            _image_from_frames(case.frames, geometry, np.float32), files["frames"], compress=False
+        )
+        _write_image(
+            _image_from_frames(case.first_mask[None], geometry.with_frames(1), np.uint8),
+            files["mask"],
+            compress=True,
+        )
+        if case.labels is not None:
+            write_masks(files["labels"], case.labels, geometry=geometry)
+        _write_json(files["rate"], float(frame_rate_hz))
+        _write_json(files["field"], float(field_strength_t))
+        _write_json(files["region"], str(scanned_region))
     return folder
 
 

@@ -321,34 +321,41 @@ def parameter_overrides_from_strings(items: Sequence[str]) -> dict[str, list[str
 # What each numeric or boolean elastix parameter takes; a bad value can crash elastix (a
 # negative grid spacing segfaults) or be read as something else (10.7 iterations as 10).
 _WHOLE_AT_LEAST_1 = ("a whole number >= 1", lambda x: x.is_integer() and x >= 1)
-_WHOLE_AT_LEAST_0 = ("a whole number >= 0", lambda x: x.is_integer() and x >= 0)
 _POSITIVE = ("a number > 0", lambda x: x > 0)
 _AT_LEAST_0 = ("a number >= 0", lambda x: x >= 0)
 _ANY_NUMBER = ("a number", lambda x: True)
+
+
+def _whole(low: int, high: int):
+    """A whole number from ``low`` to ``high``: counts have an upper bound, since a count no
+    registration needs (1e9 iterations or samples) runs for hours or exhausts memory."""
+    return (f"a whole number from {low} to {high}", lambda x: x.is_integer() and low <= x <= high)
+
+
+#: Upper bounds of elastix counts, far above what a 2D frame needs (presets: 30-100
+#: iterations, 400-1000 samples, 3 resolutions).
+MAX_ITERATIONS = 10_000
+MAX_SAMPLES = 1_000_000
 _VALUE_RULES = {
+    "MaximumNumberOfIterations": _whole(1, MAX_ITERATIONS),
+    "NumberOfResolutions": _whole(1, 10),
     **dict.fromkeys(
-        [
-            "MaximumNumberOfIterations",
-            "NumberOfResolutions",
-            "NumberOfSpatialSamples",
-            "NumberOfHistogramBins",
-            "NumberOfFixedHistogramBins",
-            "NumberOfMovingHistogramBins",
-            "NumberOfSamplesForExactGradient",
-            "FixedImageDimension",
-            "MovingImageDimension",
-        ],
-        _WHOLE_AT_LEAST_1,
+        ["NumberOfSpatialSamples", "NumberOfSamplesForExactGradient"], _whole(1, MAX_SAMPLES)
     ),
     **dict.fromkeys(
+        ["NumberOfHistogramBins", "NumberOfFixedHistogramBins", "NumberOfMovingHistogramBins"],
+        _whole(1, 4096),
+    ),
+    **dict.fromkeys(["FixedImageDimension", "MovingImageDimension"], _WHOLE_AT_LEAST_1),
+    "MaximumNumberOfSamplingAttempts": _whole(0, 1000),
+    **dict.fromkeys(
         [
-            "MaximumNumberOfSamplingAttempts",
             "NumberOfJacobianMeasurements",
             "NumberOfGradientMeasurements",
             "MaximumNumberOfJacobianMeasurements",
             "NumberOfBandStructureSamples",
         ],
-        _WHOLE_AT_LEAST_0,
+        _whole(0, MAX_SAMPLES),
     ),
     **dict.fromkeys(
         [
@@ -414,11 +421,30 @@ def check_preset_values(preset, overrides: Mapping[str, Any] | None = None) -> N
     it fails before anything loads)."""
     replaced = set(overrides or ())
     for path in preset_files(preset):
-        values = {k: v for k, v in read_parameter_file(path).items() if k not in replaced}
+        found = read_parameter_file(path)
+        _check_is_parameter_map(path, found)
+        values = {k: v for k, v in found.items() if k not in replaced}
         try:
             check_parameter_values(values)
         except ValueError as error:
             raise ValueError(f"parameter file {str(path)!r}: {error}") from None
+
+
+#: Parameters without which a file is not an elastix parameter map.
+_REQUIRED_PARAMETERS = ("Registration", "Transform", "Metric", "Optimizer")
+
+
+def _check_is_parameter_map(path: Path, values: Mapping[str, Any]) -> None:
+    """ValueError unless a parameter file names its registration, transform, metric and
+    optimizer (a text file that is not a parameter map holds none of them)."""
+    missing = [name for name in _REQUIRED_PARAMETERS if name not in values]
+    if missing:
+        found = f"it sets {len(values)} parameters but not" if values else "it holds no"
+        raise ValueError(
+            f"{str(path)!r} is not an elastix parameter file: {found} "
+            f"{', '.join(missing) if values else '(Name value) lines'}; pass a parameter "
+            "file such as parameter_maps/bspline_ncc.txt, or a preset name (`regtrack presets`)"
+        )
 
 
 _PARAMETER_LINE = re.compile(r"^\s*\((\w+)((?:\s+(?:\"[^\"]*\"|[^\s\"()]+))*)\s*\)")
@@ -430,7 +456,16 @@ def read_parameter_file(path: str | Path) -> dict[str, tuple[str, ...]]:
     name -> value strings (quotes removed); ``//`` comments and other lines are skipped.
     A name given twice raises ValueError, as elastix refuses it."""
     values = {}
-    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as err:
+        raise ValueError(f"cannot read parameter file {str(path)!r}: {err.strerror}") from None
+    if "\0" in text:
+        raise ValueError(
+            f"{str(path)!r} is not an elastix parameter file (it is binary); pass a text "
+            "parameter file such as parameter_maps/bspline_ncc.txt, or a preset name"
+        )
+    for number, line in enumerate(text.splitlines(), 1):
         match = _PARAMETER_LINE.match(line)
         if not match:
             continue

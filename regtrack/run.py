@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,11 +25,16 @@ from .checks import (
 )
 from .runfolder import (
     RunFiles,
+    check_not_inputs,
     check_output_paths,
+    claim_outputs,
     file_fingerprint,
     fingerprint_change,
+    forget_written,
     hold_lock,
+    mark_written,
     read_records,
+    strict_json,
 )
 from .tracking import TrackerSettings, iter_track, replay
 
@@ -71,12 +77,11 @@ def _prepare(files: RunFiles, wanted: dict, restart: bool) -> int:
     found = None if restart else _read_settings(files)
     done = _frames_done(files) if found is not None else 0
     if done == 0:  # nothing worth keeping: start over with what is asked now
-        for path in (files.records, files.masks, files.fields, files.output):
-            path.unlink(missing_ok=True)
+        forget_written(files.records, files.masks, files.fields, files.output)
         _write_json(files.settings, wanted)
         return 0
     _check_same_inputs(files, found.pop("inputs", {}), wanted["inputs"])
-    asked = json.loads(json.dumps({k: v for k, v in wanted.items() if k != "inputs"}, default=str))
+    asked = json.loads(strict_json({k: v for k, v in wanted.items() if k != "inputs"}, default=str))
     if found != asked:
         changed = sorted(k for k in asked.keys() | found.keys() if found.get(k) != asked.get(k))
         raise ValueError(
@@ -116,8 +121,9 @@ def _check_same_inputs(files: RunFiles, before: dict, now: dict) -> None:
 def _write_json(path: Path, value: dict) -> None:
     """Write run.json whole or not at all (a crash mid-write leaves the old one)."""
     scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(value, indent=2, default=str))
+    scratch.write_text(strict_json(value, indent=2, default=str))
     os.replace(scratch, path)
+    mark_written(path)
 
 
 def _frames_done(files: RunFiles) -> int:
@@ -137,19 +143,21 @@ class _FrameFile:
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype, fresh: bool) -> None:
         if fresh or not path.exists():
+            mark_written(path, growing=True)
             created = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
             del created  # leaves the header and a sparse file of zeros
-        with path.open("rb") as file:
-            version = np.lib.format.read_magic(file)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            found_shape, _, found_dtype = read_header(file)
-            self._offset = file.tell()
+        found_shape, found_dtype, self._offset = _npy_header(path)
         self.path, self.shape, self.dtype = path, tuple(found_shape), np.dtype(found_dtype)
+        if self.shape != tuple(shape) or self.dtype != np.dtype(dtype):
+            _damaged(
+                path,
+                f"it holds a {self.dtype} array of shape {self.shape}, the run "
+                f"needs {np.dtype(dtype)} of shape {tuple(shape)}",
+            )
         self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        expected = self._offset + self.shape[0] * self._frame_bytes
+        if path.stat().st_size < expected:
+            _damaged(path, f"it holds {path.stat().st_size} of its {expected} bytes (truncated)")
         self._fd = os.open(path, os.O_RDWR)
 
     def __setitem__(self, index: int, frame: np.ndarray) -> None:
@@ -166,6 +174,63 @@ class _FrameFile:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a ``.npy`` file; a damaged header names the file."""
+    try:
+        with path.open("rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(file)
+            return tuple(shape), np.dtype(dtype), file.tell()
+    except (ValueError, OSError, SyntaxError, TypeError) as err:
+        _damaged(path, f"its header cannot be read: {err}")
+        raise  # not reached
+
+
+def _damaged(path: Path, why: str) -> None:
+    raise ValueError(
+        f"{path} is damaged ({why}); pass --restart to track again from frame 0, or choose "
+        "another output folder"
+    )
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """Digest of one frame's mask as the run stores it (uint8), kept in its record."""
+    data = np.ascontiguousarray(mask, dtype=np.uint8)
+    return hashlib.blake2b(data.data, digest_size=12).hexdigest()
+
+
+def _verified_frames(files: RunFiles, masks: _FrameFile, done: int) -> int:
+    """How many of the ``done`` recorded frames have the mask their record's digest names.
+
+    From the first frame whose stored mask does not match (edited, zeroed, or a record from
+    before digests), the run is redone, with a RuntimeWarning: the frames after it were
+    tracked from it.
+    """
+    records = read_records(files.records)[:done]
+    for record in records:
+        index = record["index"]
+        if record.get("mask_digest") != mask_digest(masks[index]):
+            bad = [
+                r["index"]
+                for r in records[index:]
+                if r.get("mask_digest") != mask_digest(masks[r["index"]])
+            ]
+            warnings.warn(
+                f"{files.masks} does not hold the masks its records name for {len(bad)} of "
+                f"the {done} frames done (first: frame {index}); tracking again from frame "
+                f"{index}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return index
+    return done
 
 
 def _truncate_records(files: RunFiles, n_done: int) -> None:
@@ -228,6 +293,7 @@ def track_case(
     with hold_lock(files):
         masks = _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
         write_masks(output, masks, geometry=case.geometry, spacing_mm=case.spacing_mm)
+        mark_written(output)
     return output
 
 
@@ -246,6 +312,12 @@ def _check_before_writing(case, settings, files, output, frame_rate_hz) -> dict:
         raise ValueError(
             f"output file {output} has no image suffix; end it with one of {IMAGE_SUFFIXES}"
         )
+    inputs = [p for name, p in (getattr(case, "files", None) or {}).items() if p]
+    check_not_inputs({"--output-file": output, "--out": files.directory}, inputs)
+    claim_outputs(
+        (*files.results, output),
+        fix="choose another --out (--restart deletes only a previous regtrack run)",
+    )
     frames_file = (getattr(case, "files", None) or {}).get("frames")
     if frames_file:
         check_sequence(case.frames, f"sequence {frames_file}")
@@ -271,10 +343,13 @@ def _track_into(files, case, settings, wanted, restart, progress, frame_rate_hz)
     n_frames, rows, cols = (int(n) for n in case.frames.shape)
     done = _prepare(files, wanted, restart)
     masks = _FrameFile(files.masks, (n_frames, rows, cols), np.uint8, fresh=done == 0)
+    if done:
+        done = _verified_frames(files, masks, done)
     fields = None
     if wanted["fields"]:
         fields = _FrameFile(files.fields, (n_frames, rows, cols, 2), np.float32, done == 0)
     _truncate_records(files, done)
+    mark_written(files.records, growing=True)
     try:
         if done < n_frames:
             if done:
@@ -308,7 +383,8 @@ def _run_frames(case, files, settings, masks, fields, done, progress, frame_rate
             masks[result.index] = result.mask
             if fields is not None and result.displacement_mm is not None:
                 fields[result.index] = result.displacement_mm
-            log.write(json.dumps(result.record()) + "\n")
+            record = {**result.record(), "mask_digest": mask_digest(result.mask)}
+            log.write(strict_json(record) + "\n")
             log.flush()
             bar.update(1)
             bar.set_postfix(source=result.source, ms=f"{result.elapsed_ms:.0f}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import tempfile
@@ -26,14 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "WRITTEN_FILE",
     "RunFiles",
+    "check_not_inputs",
     "check_output_paths",
+    "claim_outputs",
     "fallback_runs",
     "file_fingerprint",
     "fingerprint_change",
+    "foreign_files",
+    "forget_written",
     "hold_lock",
     "is_fallback",
+    "mark_written",
+    "private_temp_dir",
     "read_records",
+    "strict_json",
+    "writing",
 ]
 
 #: Files up to this size are hashed whole; larger ones by their header and evenly spaced blocks.
@@ -291,3 +301,225 @@ def _check_can_create(folder: Path, option: str) -> None:
         ) from None
     os.close(descriptor)
     os.unlink(probe)
+
+
+# --------------------------------------------------------------------------- what regtrack wrote
+
+#: The record, in each folder regtrack writes to, of the files it wrote there.
+WRITTEN_FILE = ".regtrack-written.json"
+
+
+def strict_json(value, **options) -> str:
+    """``json.dumps`` that writes only strict JSON: NaN and infinities become null.
+
+    Python's json writes a bare ``NaN``, which other readers refuse; every JSON file regtrack
+    writes goes through here (or refuses them with ``allow_nan=False``).
+    """
+    return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def check_not_inputs(outputs: dict, inputs) -> None:
+    """ValueError when an output path (option -> path) is one of the input files.
+
+    Compared by the file itself (``os.path.samefile``), so a link or another spelling of an
+    input is caught too; an output folder that directly holds an input file is refused as well
+    (writing there changes what the input's folder holds).
+    """
+    inputs = [Path(p) for p in inputs if p]
+    for option, output in outputs.items():
+        if output is None:
+            continue
+        output = Path(output)
+        for source in inputs:
+            if _same_file(output, source):
+                raise ValueError(
+                    f"{option} {output} is an input of this run ({source}); writing it would "
+                    "destroy the input. Choose another output path"
+                )
+            if output.is_dir() and _same_file(output, source.parent) and option == "--out":
+                raise ValueError(
+                    f"{option} {output} is the folder of the input {source}; the run's files "
+                    "would mix with the input's. Choose another output folder"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _written_record(folder: Path) -> dict:
+    """The files regtrack wrote in ``folder``: name -> fingerprint (or {"growing": true})."""
+    path = folder / WRITTEN_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    files = record.get("files") if isinstance(record, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is a file regtrack wrote (and nobody changed since)."""
+    entry = _written_record(path.parent).get(path.name)
+    if not isinstance(entry, dict):
+        return False
+    if entry.get("growing"):  # appended frame by frame; its records are checked on resume
+        return True
+    try:
+        return fingerprint_change(entry, file_fingerprint(path)) is None
+    except OSError:
+        return False
+
+
+def foreign_files(paths) -> list[Path]:
+    """The paths that exist but were not written by regtrack (or were changed since)."""
+    found = []
+    for path in paths:
+        path = Path(path)
+        if path.is_symlink() or (path.exists() and not (path.is_file() and _is_ours(path))):
+            found.append(path)
+    return found
+
+
+def claim_outputs(paths, *, fix: str = "choose another output folder") -> None:
+    """ValueError naming the first of ``paths`` that exists and regtrack did not write.
+
+    Called before anything is written: regtrack overwrites, resumes or deletes only files it
+    wrote itself (listed in the folder's :data:`WRITTEN_FILE`), never a user's file that
+    happens to have one of its names.
+    """
+    foreign = foreign_files(paths)
+    if foreign:
+        path = foreign[0]
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValueError(
+            f"{path} is {kind} that regtrack did not write (or that was changed since); "
+            f"regtrack would overwrite it. Move or delete it, or {fix}"
+        )
+
+
+def mark_written(*paths, growing: bool = False) -> None:
+    """Record ``paths`` as written by regtrack in their folders' :data:`WRITTEN_FILE`.
+
+    ``growing`` marks files appended to as a run goes (records, partial masks): their
+    content is checked by the resume, not by a fingerprint.
+    """
+    by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        path = Path(path)
+        by_folder.setdefault(path.parent, []).append(path)
+    for folder, names in by_folder.items():
+        files = _written_record(folder)
+        for path in names:
+            files[path.name] = {"growing": True} if growing else file_fingerprint(path)
+        _replace_json(folder / WRITTEN_FILE, {"written_by": "regtrack", "files": files})
+
+
+@contextmanager
+def writing(paths, *, fix: str = "choose another output folder") -> Iterator[list[Path]]:
+    """Claim ``paths`` (:func:`claim_outputs`), then record those written when the block ends.
+
+    Whatever happens in the block (an error, Ctrl-C), every one of ``paths`` that exists
+    afterwards was written by it, so it is recorded and a rerun may overwrite it.
+    """
+    paths = [Path(p) for p in paths]
+    claim_outputs(paths, fix=fix)
+    try:
+        yield paths
+    finally:
+        done = [p for p in paths if p.is_file() and not p.is_symlink()]
+        if done:
+            mark_written(*done)
+
+
+def forget_written(*paths) -> None:
+    """Delete files regtrack wrote (only those) and drop them from the record."""
+    for path in (Path(p) for p in paths):
+        if path.exists() and not foreign_files([path]):
+            path.unlink()
+        files = _written_record(path.parent)
+        if files.pop(path.name, None) is not None:
+            _replace_json(path.parent / WRITTEN_FILE, {"written_by": "regtrack", "files": files})
+
+
+def _replace_json(path: Path, value) -> None:
+    """Write a JSON file whole or not at all."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_text(strict_json(value, indent=1))
+    os.replace(scratch, path)
+
+
+# --------------------------------------------------------------------------- temporary folders
+
+_TEMP_PREFIX = "regtrack-tmp-"
+
+
+_PRIVATE_TEMP: list[Path] = []
+
+
+@contextmanager
+def private_temp_dir() -> Iterator[Path]:
+    """Hold every temporary folder of this process and its workers in one folder.
+
+    Within the block, ``tempfile.tempdir`` and ``TMPDIR`` (which worker processes inherit)
+    name a folder ``regtrack-tmp-<pid>-*`` in the system's temporary directory. The folder
+    is this process's for its lifetime and is removed when it exits, normally, on an error,
+    on Ctrl-C or on SIGTERM (which regtrack's command handles like Ctrl-C), after its worker
+    processes are gone; one left by a process killed outright (SIGKILL) is removed by the
+    next regtrack command on this machine.
+    """
+    root = _private_root()
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(root), str(root)
+    try:
+        yield root
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+
+
+def _private_root() -> Path:
+    """This process's private temporary folder, made (and its removal at exit arranged) once."""
+    import shutil
+    from multiprocessing import util
+
+    if _PRIVATE_TEMP and _PRIVATE_TEMP[-1].is_dir():
+        return _PRIVATE_TEMP[-1]
+    util.get_temp_dir()  # multiprocessing's own folder stays outside: it removes it itself
+    system = Path(tempfile.gettempdir())
+    _remove_orphans(system)
+    root = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=system))
+    _PRIVATE_TEMP.append(root)
+    # run by multiprocessing's exit handler after it has stopped the worker processes
+    util.Finalize(None, shutil.rmtree, args=(str(root), True), exitpriority=-200)
+    return root
+
+
+def _remove_orphans(system: Path) -> None:
+    """Remove the private temporary folders of regtrack processes that are gone."""
+    import shutil
+
+    for folder in system.glob(f"{_TEMP_PREFIX}*-*"):
+        pid = folder.name[len(_TEMP_PREFIX) :].split("-")[0]
+        if (
+            pid.isdigit()
+            and folder.is_dir()
+            and not _is_alive({"pid": int(pid), "host": socket.gethostname()})
+        ):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -135,6 +135,31 @@ BAD_SPECS = {
         3,
         "sam_image_size = 256.5 is not a whole number",
     ),
+    "elastix value not a number": (
+        'cases = ["data/*/"]\n[axes]\nNumberOfSpatialSamples = ["eight"]\n',
+        3,
+        "whole number",
+    ),
+    "elastix value out of range": (
+        'cases = ["data/*/"]\n[axes]\nFinalGridSpacingInPhysicalUnits = [16, -5]\n',
+        3,
+        "> 0",
+    ),
+    "elastix word for a number": (
+        'cases = ["data/*/"]\n[set]\nMaximumNumberOfIterations = "lots"\n',
+        3,
+        "whole number",
+    ),
+    "elastix count without bound": (
+        'cases = ["data/*/"]\n[axes]\nMaximumNumberOfIterations = [100, 1000000000]\n',
+        3,
+        "10000",
+    ),
+    "preset that is not a parameter file": (
+        'cases = ["data/*/"]\npreset = "data/lung_slide/frame-rate.json"\n',
+        2,
+        "not an elastix parameter file",
+    ),
 }
 
 

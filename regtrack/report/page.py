@@ -222,8 +222,6 @@ def write_report(
         When regtrack[report] is not installed.
     """
     need_extra("report", "the HTML report")
-    from .movie import movie_fps, write_movie
-    from .plots import quality_figure, trajectory_figure
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -234,8 +232,20 @@ def write_report(
         timings[name] = round(now - clock, 3)
         clock = now
 
+    from ..runfolder import writing
+
     run = load_run(results_dir)
     folder = Path(out) if out is not None else run.directory / "report"
+    names = (*_DATA_FILES, "index.html", "movie.gif" if gif else "movie.mp4")
+    with writing([folder / name for name in names], fix="pass --out with another folder"):
+        return _write_run_report(run, folder, gif, fps, timings, lap)
+
+
+def _write_run_report(run, folder: Path, gif: bool, fps, timings: dict, lap) -> Path:
+    """The body of :func:`write_report`, once its files are claimed."""
+    from .movie import movie_fps, write_movie
+    from .plots import quality_figure, trajectory_figure
+
     folder.mkdir(parents=True, exist_ok=True)
     facts = summary(run)
     lap("load")
@@ -420,21 +430,25 @@ def write_benchmark_page(
     Path
         The page.
     """
+    from ..runfolder import check_not_inputs, writing
+
     json_path = Path(json_path)
     data = json.loads(json_path.read_text())
     page = Path(out) if out is not None else json_path.with_suffix(".html")
+    check_not_inputs({"--out": page}, [json_path])
     page.parent.mkdir(parents=True, exist_ok=True)
     machine = data.get("machine") if isinstance(data, dict) else None
-    return _render(
-        "benchmark.html.j2",
-        page,
-        title=title,
-        notes=list(notes),
-        tables=list(tables),
-        figures=[_figure_entry(caption, figure) for caption, figure in figures],
-        machine=_machine_rows(machine),
-        json_link=os.path.relpath(json_path, page.parent),
-    )
+    with writing([page], fix="pass --out with another page"):
+        return _render(
+            "benchmark.html.j2",
+            page,
+            title=title,
+            notes=list(notes),
+            tables=list(tables),
+            figures=[_figure_entry(caption, figure) for caption, figure in figures],
+            machine=_machine_rows(machine),
+            json_link=os.path.relpath(json_path, page.parent),
+        )
 
 
 def _machine_rows(machine: dict | None) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..extras import need_extra
+from ..runfolder import check_not_inputs, claim_outputs, mark_written
 from .cluster import guarded, process_id, task_results, usable_cores
 from .results import RESULTS_FILE, ResultsDB
 from .spec import Setting, SweepSpec, SweepTask, load_sweep_spec
@@ -158,11 +159,18 @@ def run_sweep(
             "--workers sizes the local cluster; an existing cluster (--scheduler) "
             "is used as it is: drop one of the two"
         )
+    _check_counts(workers=workers, threads_per_task=threads_per_task)
     out = Path(out).resolve()
+    check_not_inputs({"--out": out / "spec.toml"}, [spec.path])
+    claim_outputs(
+        [out / "spec.toml", out / RESULTS_FILE],
+        fix="choose another --out folder (--resume continues only a sweep regtrack ran there)",
+    )
     _prepare_out(out, resume, retry_failed)
     tasks = spec.tasks()
     summary = SweepSummary(out=out, total=len(tasks))
     with ResultsDB(out / RESULTS_FILE) as db:
+        mark_written(out / RESULTS_FILE, growing=True)
         _keep_spec(out, spec, db)
         done = db.keys(("ok",) if retry_failed else ("ok", "failed"))
         todo = [task for task in tasks if task.key not in done]
@@ -194,6 +202,16 @@ def run_sweep(
     return summary
 
 
+def _check_counts(**counts) -> None:
+    """ValueError unless each count given is a whole number >= 1 (--workers, ...)."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be a whole number >= 1, got {value!r}")
+
+
 def _prepare_out(out: Path, resume: bool, retry_failed: bool) -> None:
     if retry_failed and not resume:
         raise ValueError("--retry-failed reruns failed rows of an existing sweep; add --resume")
@@ -208,6 +226,7 @@ def _prepare_out(out: Path, resume: bool, retry_failed: bool) -> None:
 def _keep_spec(out: Path, spec: SweepSpec, db: ResultsDB) -> None:
     """Copy the spec into RESULTS; every spec a sweep was (re)run with stays in ``meta``."""
     (out / "spec.toml").write_text(spec.text)
+    mark_written(out / "spec.toml")
     texts = db.meta("spec_texts", [])
     if spec.text not in texts:
         db.set_meta("spec_texts", [*texts, spec.text])

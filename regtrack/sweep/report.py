@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..extras import need_extra
+from ..runfolder import strict_json, writing
 from .results import open_results
 
 __all__ = ["METRICS", "format_report", "pareto_front", "rank_settings", "sweep_report"]
@@ -66,7 +67,6 @@ def sweep_report(results_dir, *, by: str = "dsc", plots: bool = True) -> dict:
     ranking = rank_settings(rows, by=by, axes=axes)
     by_site = site_table(rows, axes)
     folder = Path(results_dir) / "report"
-    folder.mkdir(exist_ok=True)
     cases, scored = case_counts(rows)
     report = {
         "by": by,
@@ -76,9 +76,14 @@ def sweep_report(results_dir, *, by: str = "dsc", plots: bool = True) -> dict:
         "ranking": ranking,
         "by_site": by_site,
     }
-    files = _write_tables(folder, report)
+    names = ["ranking.json", "ranking.md"]
     if plots:
-        files += plot_axes(ranking, axes, folder) + [plot_pareto(ranking, folder)]
+        names += [f"axis_{axis}.png" for axis in axes] + ["pareto.png"]
+    with writing([folder / n for n in names], fix=f"move {folder} away first"):
+        folder.mkdir(exist_ok=True)
+        files = _write_tables(folder, report)
+        if plots:
+            files += plot_axes(ranking, axes, folder) + [plot_pareto(ranking, folder)]
     report["files"] = [str(p) for p in files]
     report["folder"] = str(folder)
     logger.info("sweep report written to %s", folder)
@@ -301,7 +306,7 @@ def _markdown(entries: list[dict], first: list[tuple[str, str]]) -> str:
 
 def _write_tables(folder: Path, report: dict) -> list[Path]:
     json_path, md_path = folder / "ranking.json", folder / "ranking.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str))
+    json_path.write_text(strict_json(report, indent=2, default=str))
     ranking = [{**e, "cases": f"{e['cases_ok']}/{e['cases']}"} for e in report["ranking"]]
     md_path.write_text(
         f"## Ranking by {report['by']} (mean over cases)\n\n"

@@ -429,6 +429,14 @@ def _check_value(name: str, value: Any, source: _SpecText, section: str | None, 
             'write e.g. 16, "AdvancedMattesMutualInformation" or [100, 100, 100] (in [axes], '
             "a list of such values)",
         )
+    from regtrack.parameters import check_parameter_values
+
+    try:
+        check_parameter_values({name: value})
+    except ValueError as error:
+        raise source.error(
+            line, str(error).split("; correct it")[0], f"correct the value of {name}"
+        ) from None
     return value
 
 
@@ -487,7 +495,7 @@ def _check_with_dataclass(name: str, value: Any, source: _SpecText, line) -> Non
 
 def _check_preset(value: Any, source: _SpecText, line, root: Path):
     """A preset name, or parameter file path(s) made absolute against the spec's folder."""
-    from regtrack.parameters import preset_files
+    from regtrack.parameters import check_preset_values
 
     paths = value if isinstance(value, list) else [value]
     if not paths or not all(isinstance(v, str) for v in paths):
@@ -498,7 +506,7 @@ def _check_preset(value: Any, source: _SpecText, line, root: Path):
         )
     resolved = [str(root / v) if _looks_like_file(v) else v for v in paths]
     try:
-        preset_files(resolved if isinstance(value, list) else resolved[0])
+        check_preset_values(resolved if isinstance(value, list) else resolved[0])
     except ValueError as error:
         raise source.error(
             line,
