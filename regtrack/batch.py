@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import logging
 import math
 import os
@@ -384,7 +383,7 @@ def run_batch(
         warning of one line).
     """
     from .checks import check_tracker_settings
-    from .runfolder import check_output_paths
+    from .runfolder import check_output_paths, claim_outputs
     from .tracking import TrackerSettings
 
     start = time.perf_counter()
@@ -400,6 +399,7 @@ def run_batch(
             raise ValueError(f"{option} must be 1 or more, got {value}")
     out = Path(out).resolve()
     check_output_paths(out)
+    claim_outputs([out / SUMMARY_JSON, out / SUMMARY_CSV], fix="choose another --out folder")
     cases, refused = plan_cases(inputs, out)
     for name, why in refused.items():
         logger.warning("%s: %s", name, why)
@@ -504,8 +504,11 @@ def write_summary(out: Path, summary: BatchSummary, settings, *, total: int) -> 
         "settings": asdict(settings),
         "rows": rows,
     }
-    _replace(out / SUMMARY_JSON, json.dumps(content, indent=2, default=str))
+    from .runfolder import mark_written, strict_json
+
+    _replace(out / SUMMARY_JSON, strict_json(content, indent=2, default=str))
     _replace(out / SUMMARY_CSV, _csv_text(rows))
+    mark_written(out / SUMMARY_JSON, out / SUMMARY_CSV)
 
 
 def _mean(values: list) -> float | None:

@@ -393,3 +393,32 @@ def test_sigterm_is_handled_like_ctrl_c(translated, tmp_path):
     assert list(temp.iterdir()) == []
     done = len(records.read_text().splitlines())
     assert 3 <= done < 200
+
+
+def test_a_batch_keeps_a_users_summary(make_case, tmp_path, capsys):
+    first, second = make_case("A"), make_case("B")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("my,table\n")
+    assert main(["track", str(first), str(second), "--out", str(out), "--no-progress"]) == 2
+    _error(capsys, "summary.csv", "did not write")
+    assert (out / "summary.csv").read_text() == "my,table\n"
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
+
+
+def test_a_killed_processs_temporary_folder_is_removed_by_the_next_command(tmp_path):
+    from regtrack import runfolder
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = tmp_path / f"regtrack-tmp-{int(gone.stdout)}-abc"
+    (dead / "regtrack-elastix-x").mkdir(parents=True)
+    alive = tmp_path / f"regtrack-tmp-{os.getppid()}-def"
+    alive.mkdir()
+    runfolder._remove_orphans(tmp_path)
+    assert not dead.exists()
+    assert alive.exists()
