@@ -175,8 +175,11 @@ def _buffer_view(image) -> np.ndarray:
 
 
 def set_threads(threads: int) -> None:
-    """ITK's process-wide thread limit (elastix and transformix run with at most this many)."""
-    load().MultiThreaderBase.SetGlobalMaximumNumberOfThreads(int(threads))
+    """ITK's process-wide thread limit and default (elastix and transformix run with this
+    many)."""
+    threader = load().MultiThreaderBase
+    threader.SetGlobalMaximumNumberOfThreads(int(threads))
+    threader.SetGlobalDefaultNumberOfThreads(int(threads))
 
 
 def default_threads() -> int:

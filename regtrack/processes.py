@@ -21,6 +21,7 @@ __all__ = [
     "owned_process_pool",
     "start_worker_server",
     "started_warm",
+    "thread_counts",
     "usable_cores",
     "worker_context",
 ]
@@ -66,8 +67,9 @@ def start_worker_server() -> None:
 
 def owned_process_pool(threads: int | None = None) -> ProcessPoolExecutor:
     """A pool of one worker process from :func:`worker_context` that dies with this process
-    and ignores Ctrl-C (registration workers, the SAM worker); ``threads`` caps its ITK,
-    OpenCV and BLAS threads."""
+    and ignores Ctrl-C (registration workers, the SAM worker); ``threads`` sets its ITK,
+    OpenCV, BLAS and OpenMP threads (:func:`_set_thread_pools`; None: the libraries'
+    defaults, for the SAM worker, whose torch sets its own)."""
     context = worker_context()
     pdeathsig = (
         context.get_start_method() == "forkserver"
@@ -104,12 +106,46 @@ def _process_start(owner_pid: int, pdeathsig: bool, threads: int | None) -> None
         os._exit(1)
     threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
     if threads:
-        import cv2
-        from threadpoolctl import threadpool_limits
+        _set_thread_pools(threads)
 
-        itk_elastix.set_threads(threads)
-        cv2.setNumThreads(threads)
-        threadpool_limits(threads)  # numpy's BLAS: idle threads spinning on shared cores
+
+def _set_thread_pools(threads: int) -> None:
+    """Every thread pool a registration worker's frame runs through, set on purpose.
+
+    The workers of a pool share the machine's cores (``threads`` is each one's share): a
+    pool wider than its share puts threads of two frames on one core, and the frame whose
+    thread waits is the one that misses its deadline. ITK (elastix, transformix) and
+    OpenCV (the DIS flows of the flow candidate and the refinement) get the share. numpy's
+    BLAS gets one thread whatever the share: its only work here is the B-spline map's tiny
+    products, which an OpenBLAS with idle threads spinning on busy cores took 6.7 ms to do
+    where one thread takes 0.05 ms. OpenMP, which none of these use on the wheels
+    regtrack installs, gets the share too, so a build that does cannot oversubscribe.
+    """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    from . import itk_elastix
+
+    itk_elastix.set_threads(threads)
+    cv2.setNumThreads(threads)
+    threadpool_limits(1, user_api="blas")
+    threadpool_limits(threads, user_api="openmp")
+
+
+def thread_counts() -> dict[str, int]:
+    """This process's thread pools: ITK's default, OpenCV's, and the widest BLAS (0: none
+    loaded)."""
+    import cv2
+    from threadpoolctl import threadpool_info
+
+    from . import itk_elastix
+
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return {
+        "itk": itk_elastix.default_threads(),
+        "opencv": int(cv2.getNumThreads()),
+        "blas": max(blas, default=0),
+    }
 
 
 def _watch_owner(owner_pid: int) -> None:

@@ -43,6 +43,7 @@ from .gate import centroid_mm, hybrid_decision, metric_outlier
 from .pacing import CALIBRATION, Job, Pacer
 from .processes import start_worker_server, usable_cores, worker_context
 from .sam_worker import SamWorker, sam_checkpoint
+from .stages import with_tracker_stages
 from .workers import WORKERS, ProcessWorker
 
 __all__ = ["RealtimeTracker", "default_workers", "start_worker_server", "worker_context"]
@@ -258,7 +259,9 @@ class RealtimeTracker:
 
     def _new_worker(self):
         if self.worker_kind == "process":
-            threads = max(1, usable_cores() // self.workers) if self.workers > 1 else None
+            # each worker's share of the cores, for every thread pool it runs (see
+            # regtrack.processes._set_thread_pools)
+            threads = max(1, usable_cores() // self.workers)
             return ProcessWorker(*self._build_args, threads=threads)
         return WORKERS.get(self.worker_kind, self.worker_kind)(*self._build_args)
 
@@ -464,10 +467,16 @@ class RealtimeTracker:
     def _resolve(self, pending: _Pending) -> FrameResult | None:
         """The frame's answer once its registration (and, when that fails, SAM) is done or
         its deadline has come."""
-        timing = {"arrival": pending.arrival, "budget_ms": pending.budget_ms}
+        job = pending.job
+        timing = {
+            "arrival": pending.arrival,
+            "budget_ms": pending.budget_ms,
+            "submitted": None if job is None else job.submitted,
+            "finished": math.nan if job is None else job.finished,
+            "ready": time.perf_counter(),
+        }
         if self.method == "sam":
             return self._resolve_sam(pending, timing)
-        job = pending.job
         if job is not None and not job.future.done():
             if self._seconds_left(pending.deadline) != 0.0:
                 return None
@@ -678,9 +687,30 @@ class RealtimeTracker:
         if index > self._previous_index:
             self._previous, self._previous_index = mask, index
 
-    def _answer(self, result: FrameResult, *, arrival: float, budget_ms: float) -> FrameResult:
-        latency_ms = (time.perf_counter() - arrival) * 1e3
-        return replace(result, budget_ms=budget_ms, latency_ms=latency_ms)
+    def _answer(
+        self,
+        result: FrameResult,
+        *,
+        arrival: float,
+        budget_ms: float,
+        submitted: float | None = None,
+        finished: float = math.nan,
+        ready: float | None = None,
+    ) -> FrameResult:
+        """The answer, with its latency and time per stage (:mod:`regtrack.stages`)."""
+        now = time.perf_counter()
+        ready = now if ready is None else ready
+        own = result.source == "registration"
+        timed = with_tracker_stages(
+            result,
+            arrival=arrival,
+            submitted=submitted,
+            finished=finished if math.isfinite(finished) else ready,
+            ready=ready,
+            answered=now,
+            own=own,
+        )
+        return replace(timed, budget_ms=budget_ms, latency_ms=(now - arrival) * 1e3)
 
     def _take_sam(self, index: int, sam, reason: str, start_age: int = -1, **timing):
         result = FrameResult(

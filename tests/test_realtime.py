@@ -74,6 +74,40 @@ def test_slow_registration_gives_the_fallback_on_time_and_still_warms_the_next_f
     assert answered.budget_ms == 50 and answered.latency_ms < 600
 
 
+def test_every_answer_says_where_its_time_went(frames):
+    """Stage times: queue, the worker's call, answer for a fresh frame; queue, waited, answer
+    for one answered at its deadline; each record's stages add up to its latency."""
+    first_mask = np.zeros((32, 32), bool)
+    first_mask[10:20, 10:20] = True
+    worker = StandInWorker({2: 0.5}, (32, 32))
+    with RealtimeTracker(TrackerSettings(budget_s=0.1), worker=worker) as tracker:
+        tracker.init(frames[0], first_mask, calibrate=False)
+        fresh, late = tracker.step(frames[1]), tracker.step(frames[2])
+    assert fresh.source == "registration" and late.source == "previous"
+    assert list(fresh.stages_ms) == ["queue", "registration", "answer"]
+    assert list(late.stages_ms) == ["queue", "waited", "answer"]
+    for answer in (fresh, late):
+        record = json.loads(json.dumps(answer.record()))
+        assert sum(record["stages_ms"].values()) == pytest.approx(answer.latency_ms, abs=0.01)
+        assert "worker_span" not in record
+
+
+def test_the_engine_times_its_own_stages(jump_sequence):
+    """In the worker: elastix, the warp of mask(0) and the rest are timed where they run,
+    and the tracker adds the stages around them."""
+    frames, masks = jump_sequence
+    with RealtimeTracker(worker="inline") as tracker:
+        tracker.init(frames[0], masks[0])
+        answer = tracker.step(frames[1])
+    stages = answer.stages_ms
+    assert answer.source == "registration"
+    assert {"queue", "dispatch", "registration", "warp", "other", "return", "answer"} <= set(stages)
+    assert stages["registration"] >= answer.registration_ms > 0
+    worker = sum(v for k, v in stages.items() if k not in ("queue", "dispatch", "return", "answer"))
+    assert worker == pytest.approx(answer.elapsed_ms, rel=0.05, abs=1.0)
+    assert sum(stages.values()) == pytest.approx(answer.latency_ms, abs=0.01)
+
+
 def test_step_needs_init_and_frames_of_one_size(frames):
     tracker = RealtimeTracker(worker=StandInWorker({}, (32, 32)))
     with pytest.raises(RuntimeError, match="init"):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from regtrack.budget import LADDER, CostModel, choose_schedule
+from regtrack.processes import usable_cores
 from regtrack.realtime import RealtimeTracker
 from regtrack.tracking import FrameResult, TrackerSettings
 
@@ -232,6 +233,10 @@ def test_real_elastix_in_a_worker_process_misses_a_20_ms_deadline_and_still_seed
         following = rt.step(frames[2])  # no deadline: waits for the worker, then registers
     assert following.source == "registration" and following.answered_by == 2
     assert following.start_age == 1  # it started from frame 1's late registration
+    # the frame went through shared memory and came back as bits, its stages timed there
+    assert following.mask.dtype == bool and following.mask.shape == shape
+    assert {"dispatch", "registration", "warp", "return"} <= set(following.stages_ms)
+    assert sum(following.stages_ms.values()) == pytest.approx(following.latency_ms, abs=0.01)
 
 
 def _alive(pid):
@@ -285,6 +290,9 @@ def test_workers_fork_from_a_loaded_server_and_a_killed_one_is_replaced_warm():
         rt.init(frames[0], mask, calibrate=False)
         first = [slot.worker for slot in rt._slots]
         assert [worker.started_warm for worker in first] == [True, True]
+        share = max(1, usable_cores() // 2)  # every pool of a worker: its share of the cores
+        for worker in first:
+            assert worker.thread_counts == {"itk": share, "opencv": share, "blas": 1}
         (victim,) = first[0].pids
         os.kill(victim, signal.SIGKILL)
         time.sleep(0.5)  # the pool notices its process is gone

@@ -243,6 +243,45 @@ def test_known_shift_gives_the_known_trace(synthetic_run):
     assert np.flatnonzero(traj.gate_rejected).tolist() == [3, 4]
 
 
+def test_stage_times_are_plotted_per_frame(synthetic_run, tmp_path):
+    """Records with ``stages_ms`` give the timeline its stage panel; stages in the tracker's
+    order, 0 where a frame did not go through one, NaN for the given frame."""
+    from regtrack.stages import TimedResult
+
+    source_dir, _ = synthetic_run
+    run_dir = tmp_path / "staged"
+    shutil.copytree(source_dir, run_dir)
+    masks = np.load(run_dir / "masks.partial.npy")
+    with (run_dir / "frames.jsonl").open("w") as log:
+        log.write(json.dumps(FrameResult(index=0, mask=masks[0], source="given").record()) + "\n")
+        for t in range(1, len(masks)):
+            own = t % 2 == 1
+            stages = (
+                {"queue": 1.0, "dispatch": 2.0, "registration": 30.0, "warp": 4.0, "answer": 0.5}
+                if own
+                else {"queue": 1.0, "waited": 40.0, "answer": 0.2}
+            )
+            result = TimedResult(
+                index=t,
+                mask=masks[t],
+                source="registration" if own else "previous",
+                metric_value=-0.9 if own else float("nan"),
+                stages_ms=stages,
+                budget_ms=50.0,
+                latency_ms=sum(stages.values()),
+            )
+            log.write(json.dumps(result.record()) + "\n")
+    data = quality(run_dir)
+    stages = data["stages_ms"]
+    assert list(stages) == ["queue", "dispatch", "registration", "warp", "waited", "answer"]
+    assert np.isnan(stages["queue"][0]) and stages["registration"][1] == 30.0
+    assert stages["waited"][1] == 0.0 and stages["waited"][2] == 40.0
+    page = write_report(run_dir, out=tmp_path / "report")
+    saved = json.loads((page.parent / "quality.json").read_text())
+    assert saved["stages_ms"]["registration"][:2] == [None, 30.0]
+    assert (page.parent / "quality.png").stat().st_size > 0
+
+
 def test_optional_record_keys_reach_the_timeline(synthetic_run, tmp_path):
     run_dir, _ = synthetic_run
     data = quality(run_dir)

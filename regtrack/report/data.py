@@ -406,7 +406,9 @@ def quality(run: RunData | str | Path) -> dict[str, Any]:
         in some record, as a float array (NaN where a frame lacks it, and on the given frame
         0, which is not registered); ``area_mm2``;
         ``deadline_missed``, ``fallback`` and ``gate_rejected`` (bool arrays); ``source``,
-        ``reason`` and ``schedule`` (lists).
+        ``reason`` and ``schedule`` (lists); ``stages_ms`` (stage -> float array, 0 where a
+        frame's record does not name the stage, NaN for a record without stage times), when
+        the streaming tracker recorded them (:mod:`regtrack.stages`).
     """
     run = run if isinstance(run, RunData) else load_run(run)
     records = run.records
@@ -428,14 +430,34 @@ def quality(run: RunData | str | Path) -> dict[str, Any]:
     data["source"] = [str(r.get("source")) for r in records]
     data["reason"] = [str(r.get("reason") or "") for r in records]
     data["schedule"] = [schedule_words(r.get("schedule")) for r in records]
+    stages = stage_times(records)
+    if stages:
+        data["stages_ms"] = stages
     return data
+
+
+def stage_times(records: list[dict]) -> dict[str, np.ndarray]:
+    """Milliseconds per stage and frame from the records' ``stages_ms``, in the order of
+    :data:`regtrack.stages.STAGES` (stages no record names are left out)."""
+    from ..stages import STAGES
+
+    timed = [r.get("stages_ms") if isinstance(r.get("stages_ms"), dict) else None for r in records]
+    named = {name for times in timed if times for name in times}
+    stages = {}
+    for name in [s for s in STAGES if s in named] + sorted(named - set(STAGES)):
+        stages[name] = np.array(
+            [math.nan if times is None else _as_float(times.get(name, 0.0)) for times in timed]
+        )
+    return stages
 
 
 def quality_json(data: dict[str, Any]) -> dict:
     """:func:`quality` output as plain JSON values (NaN -> null)."""
     out = {}
     for key, value in data.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, dict):
+            out[key] = quality_json(value)
+        elif isinstance(value, np.ndarray):
             out[key] = value.tolist() if value.dtype.kind in "bi" else _json_floats(value)
         else:
             out[key] = value

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PLOT_COLOURS", "png_bytes", "quality_figure", "trajectory_figure"]
+__all__ = ["PLOT_COLOURS", "STAGE_COLOURS", "png_bytes", "quality_figure", "trajectory_figure"]
 
 #: Colours per kind of answer on a white page (the movie's yellow is too pale there).
 PLOT_COLOURS = {
@@ -136,7 +136,8 @@ def _mark_frames(ax, time, values, fallback, rejected) -> None:
 
 
 def quality_figure(data: dict[str, Any], n_frames: int) -> Any:
-    """Per-frame quality timeline: metric, iterations, time against budget, area, source.
+    """Per-frame quality timeline: metric, iterations, time against budget, time per stage
+    (when the records have it), area, source.
 
     Parameters
     ----------
@@ -152,6 +153,8 @@ def quality_figure(data: dict[str, Any], n_frames: int) -> Any:
     panels = ["metric_value", "iterations", "ms", "area", "source"]
     if "sam_score" in data:
         panels.insert(1, "sam_score")
+    if "stages_ms" in data:  # where each frame's time went
+        panels.insert(panels.index("ms") + 1, "stages")
     figure, axes = _figure(len(panels), 1.6)
     time, unit = data["time"], data["time_unit"]
     step = (time[1] - time[0]) if len(time) > 1 else 1.0
@@ -215,6 +218,44 @@ def _ms_panel(ax, data, time, kinds) -> None:
     ax.legend(loc="upper right", ncols=5, fontsize=8, framealpha=0.9)
 
 
+#: One colour per stage of a frame (:data:`regtrack.stages.STAGES`), in the order drawn.
+STAGE_COLOURS = {
+    "queue": "#c7c7c7",
+    "dispatch": "#8c564b",
+    "preprocess": "#e377c2",
+    "features": "#9467bd",
+    "registration": "#2ca02c",
+    "flow": "#17becf",
+    "refinement": "#bcbd22",
+    "warp": "#1f77b4",
+    "other": "#7f7f7f",
+    "return": "#c49c94",
+    "waited": "#ff9896",
+    "answer": "#ff7f0e",
+}
+
+
+def _stages_panel(ax, data, time, kinds) -> None:
+    """Each frame's time as a bar stacked by stage (arrival to answer), against the budget."""
+    stages = data["stages_ms"]
+    step = (time[1] - time[0]) if len(time) > 1 else 1.0
+    bottom = np.zeros(len(time))
+    for name, values in stages.items():
+        values = np.nan_to_num(values, nan=0.0)
+        if not values.any():
+            continue
+        colour = STAGE_COLOURS.get(name, "#aaaaaa")
+        ax.bar(time, values, 0.85 * step, bottom=bottom, color=colour, lw=0, label=name)
+        bottom += values
+    if "budget_ms" in data:
+        ax.step(
+            time, data["budget_ms"], where="mid", color="#d62728", ls="--", lw=1.2, label="budget"
+        )
+    ax.set_ylabel("ms per stage")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", ncols=7, fontsize=7, framealpha=0.9)
+
+
 def _area_panel(ax, data, time, kinds) -> None:
     _dots(ax, time, data["area_mm2"], kinds, "mask area (mm²)")
 
@@ -243,6 +284,7 @@ _QUALITY_PANELS = {
     "sam_score": _sam_panel,
     "iterations": _iterations_panel,
     "ms": _ms_panel,
+    "stages": _stages_panel,
     "area": _area_panel,
     "source": _source_panel,
 }
