@@ -530,7 +530,12 @@ def _evaluate(args) -> int:
     from .runfolder import check_not_inputs, strict_json, writing
 
     out = args.json or (args.pred if args.pred.is_dir() else args.pred.parent) / "scores.json"
-    check_not_inputs({"--json": out}, [args.pred, args.gt])
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--json {out} must name a .json file, e.g. {out.with_suffix('.json')}")
+    read = [args.gt, args.pred]
+    if args.pred.is_dir():  # its case folders and files are read; scores.json goes beside them
+        read = [args.gt, *(p for p in args.pred.iterdir() if p.is_dir() or p.suffix != ".json")]
+    check_not_inputs({"--json": out}, read)
     with writing([out], fix="pass --json with another file"):
         scores, table = evaluate_paths(args.pred, args.gt)
         out.write_text(strict_json(scores, indent=2))

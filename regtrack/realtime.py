@@ -37,7 +37,7 @@ from typing import Self
 import numpy as np
 
 from .budget import LADDER, Schedule, check_budget
-from .checks import check_frame, check_mask
+from .checks import check_frame, check_mask, check_spacing
 from .engine import FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
 from .pacing import CALIBRATION, Job, Pacer
@@ -171,7 +171,8 @@ class RealtimeTracker:
                 f"worker must be 'auto', 'inline', 'process' or a callable, got {worker!r}"
             )
         self.settings = settings or TrackerSettings()
-        self.spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        row, col = check_spacing(tuple(spacing_mm)[:2], "spacing_mm")
+        self.spacing_mm = (row, col)
         self.worker_kind = worker
         if worker == "auto":
             self.worker_kind = "process" if self.settings.budget_s else "inline"

@@ -329,11 +329,12 @@ def _finite(value):
 
 
 def check_not_inputs(outputs: dict, inputs) -> None:
-    """ValueError when an output path (option -> path) is one of the input files.
+    """ValueError when an output path (option -> path) is one of the inputs.
 
     Compared by the file itself (``os.path.samefile``), so a link or another spelling of an
-    input is caught too; an output folder that directly holds an input file is refused as well
-    (writing there changes what the input's folder holds).
+    input is caught too. An input that is a folder (a case folder) covers everything inside
+    it, and an ``--out`` folder that directly holds an input file is refused as well (writing
+    there changes what the input's folder holds).
     """
     inputs = [Path(p) for p in inputs if p]
     for option, output in outputs.items():
@@ -346,11 +347,21 @@ def check_not_inputs(outputs: dict, inputs) -> None:
                     f"{option} {output} is an input of this run ({source}); writing it would "
                     "destroy the input. Choose another output path"
                 )
+            if source.is_dir() and _inside(output, source):
+                raise ValueError(
+                    f"{option} {output} lies inside the input folder {source}; writing there "
+                    "changes what is read. Choose an output path outside it"
+                )
             if output.is_dir() and _same_file(output, source.parent) and option == "--out":
                 raise ValueError(
                     f"{option} {output} is the folder of the input {source}; the run's files "
                     "would mix with the input's. Choose another output folder"
                 )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (existing or not) lies inside ``folder``."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _same_file(a: Path, b: Path) -> bool:

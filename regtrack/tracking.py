@@ -7,7 +7,6 @@ sequence's acquisition rate with each answer due within its budget.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_frame, check_frames, check_mask
+from .checks import check_frame, check_frame_rate, check_frames, check_mask
 from .engine import FrameResult, TrackerSettings
 from .parameters import DEFAULT_PRESET
 from .realtime import RealtimeTracker
@@ -100,11 +99,7 @@ def replay(
     Frame t arrives ``t / frame_rate_hz`` seconds after frame 1; each answer is due
     ``settings.budget_s`` after its frame arrives (``latency_ms`` in each record).
     """
-    if not frame_rate_hz or not math.isfinite(frame_rate_hz) or frame_rate_hz <= 0:
-        raise ValueError(
-            f"frame_rate_hz must be a positive number, got {frame_rate_hz!r}; pass the "
-            "acquisition rate (frame-rate.json in a TrackRAD case)."
-        )
+    frame_rate_hz = check_frame_rate(frame_rate_hz)
     tracker = RealtimeTracker(
         settings or TrackerSettings(), spacing_mm=spacing_mm, frame_interval_s=1.0 / frame_rate_hz
     )

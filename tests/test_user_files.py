@@ -196,8 +196,12 @@ def test_evaluate_keeps_a_users_scores_and_its_inputs(make_case, tmp_path, capsy
     labels = next(case.rglob("*_labels.mha"))
     before = labels.read_bytes()
     assert main(["evaluate", str(labels), str(case), "--json", str(labels)]) == 2
-    _error(capsys, "input")
+    _error(capsys, str(labels), ".json file")
     assert labels.read_bytes() == before
+    rate = case / "frame-rate.json"
+    assert main(["evaluate", str(labels), str(case), "--json", str(rate)]) == 2
+    _error(capsys, "inside the input folder")
+    assert rate.read_text() == "4.0"
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -210,7 +214,10 @@ def test_evaluate_counts_a_case_without_prediction_as_failed(make_case, tmp_path
     assert main(["phantom", str(tmp_path / "unused"), "--case", "lung_slide", "--frames", "2"]) == 0
     assert _track(cases / "A", preds / "A") == 0
     capsys.readouterr()
+    assert main(["evaluate", str(preds), str(cases), "--json", str(preds / "A" / "s.json")]) == 2
+    _error(capsys, "inside the input folder")
     assert main(["evaluate", str(preds), str(cases)]) == 1
+    assert main(["evaluate", str(preds), str(cases)]) == 1  # its own scores.json it rewrites
     captured = capsys.readouterr()
     assert "B" in captured.err and "not scored" in captured.err
     scores = _strict((preds / "scores.json").read_text())
@@ -294,7 +301,7 @@ def test_spacing_of_the_labels_is_checked_when_scoring(make_case, capsys):
     case = make_case()
     labels = next(case.rglob("*_labels.mha"))
     _set_spacing(labels, "-2")
-    assert main(["evaluate", str(labels), str(case)]) == 2
+    assert main(["evaluate", str(labels), str(case), "--json", str(case.parent / "s.json")]) == 2
     _error(capsys, "pixel spacing", "-2")
 
 
@@ -303,7 +310,7 @@ def test_a_label_file_cut_short_is_named_as_truncated(make_case, capsys, keep):
     case = make_case()
     labels = next(case.rglob("*_labels.mha"))
     labels.write_bytes(labels.read_bytes()[: int(labels.stat().st_size * keep)])
-    assert main(["evaluate", str(labels), str(case)]) == 2
+    assert main(["evaluate", str(labels), str(case), "--json", str(case.parent / "s.json")]) == 2
     line = _error(capsys, str(labels), "truncated")
     assert "No such file" not in line
 
