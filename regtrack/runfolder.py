@@ -215,6 +215,11 @@ def _acquire(lock: Path) -> None:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
+            if not owner and _not_a_lock(lock):
+                raise ValueError(
+                    f"{lock} is a file that regtrack did not write (not a run lock); regtrack "
+                    "would take it over. Move or delete it, or choose another --out"
+                ) from None
             if attempt or _is_alive(owner):
                 raise ValueError(
                     f"{lock.parent} is being written by another regtrack process "
@@ -233,13 +238,31 @@ def _acquire(lock: Path) -> None:
         return
 
 
+#: A lock file still empty after this long is not one being written right now.
+_LOCK_WRITE_S = 5.0
+
+
+def _not_a_lock(lock: Path) -> bool:
+    """Whether ``lock`` cannot be a run lock: it holds something other than regtrack's
+    {"pid", "host"}, or it stayed empty longer than a writer takes to fill it."""
+    import time
+
+    try:
+        stat = lock.stat()
+    except OSError:
+        return False
+    if stat.st_size == 0:
+        return time.time() - stat.st_mtime > _LOCK_WRITE_S
+    return True
+
+
 def _lock_owner(lock: Path) -> dict:
     """The pid and host in a lock file; {} when it is unreadable (a writer mid-write)."""
     try:
         owner = json.loads(lock.read_text())
     except (OSError, ValueError):
         return {}
-    return owner if isinstance(owner, dict) else {}
+    return owner if isinstance(owner, dict) and "pid" in owner else {}
 
 
 def _is_alive(owner: dict) -> bool:

@@ -91,6 +91,7 @@ def test_out_folder_holding_the_input_sequence_is_refused(make_case, capsys):
         ("run.json", b'{"mine": true}'),
         ("frames.jsonl", b"my line 1\nmy line 2\n"),
         ("masks.partial.npy", b"not yours"),
+        ("run.lock", b"my lock"),
     ],
 )
 @pytest.mark.parametrize("restart", [False, True])
