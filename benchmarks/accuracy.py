@@ -492,6 +492,7 @@ def main(argv=None) -> int:
     if not cases:
         raise SystemExit("no cases: give --cases-dir DIR and/or --cases <set>")
     results, kinds = {}, {}
+    load_before = os.getloadavg()
     for case in cases:
         kinds[case.name] = case.kind
         results[case.name] = {}
@@ -514,6 +515,7 @@ def main(argv=None) -> int:
         "cases": _cases_label(args),
         "machine": info,
         "itk_threads": _itk_threads(),
+        "load_average": {"start": load_before, "end": os.getloadavg()},
         "preset_sha256": preset_hashes(methods),
         "max_frames": args.max_frames,
         "peer_scaling": args.peer_scaling,
