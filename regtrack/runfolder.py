@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import warnings
@@ -409,13 +410,29 @@ def _is_ours(path: Path) -> bool:
     """Whether ``path`` is a file regtrack wrote (and nobody changed since)."""
     entry = _written_record(path.parent).get(path.name)
     if not isinstance(entry, dict):
-        return False
+        return _is_regtrack_page(path)
     if entry.get("growing"):  # appended frame by frame; its records are checked on resume
         return True
     try:
         return fingerprint_change(entry, file_fingerprint(path)) is None
     except OSError:
         return False
+
+
+#: The footer of every page regtrack renders (report/templates/base.html.j2).
+_PAGE_FOOTER = re.compile(
+    rb"<footer>regtrack \S+ &middot; generated [^<]*</footer>\s*(</main>\s*)?</body>\s*</html>\s*$"
+)
+
+
+def _is_regtrack_page(path: Path) -> bool:
+    """Whether ``path`` is an HTML page regtrack rendered, even where its folder has no record
+    (pages kept in git beside their benchmark JSON): its last bytes are regtrack's footer."""
+    if path.suffix.lower() != ".html":
+        return False
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - 4096))
+        return bool(_PAGE_FOOTER.search(file.read()))
 
 
 def foreign_files(paths) -> list[Path]:

@@ -138,6 +138,8 @@ def test_report_keeps_a_users_page(tmp_path, capsys):
     page.unlink()
     assert main(["report", str(results)]) == 0
     assert main(["report", str(results)]) == 0  # its own page it may rewrite
+    (tmp_path / ".regtrack-written.json").unlink()  # a page kept in git has no record
+    assert main(["report", str(results)]) == 0  # regtrack's footer tells it is its own
 
 
 def test_phantom_keeps_a_users_case_file(tmp_path, capsys):
