@@ -11,6 +11,7 @@ largest schedule whose prediction, with a safety margin, fits the time left.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -128,27 +129,62 @@ class CostModel:
     ``margin``), so a frame that runs slow now and then still fits: 0.9 lets about one frame
     in ten run over; the real-time tracker, whose answers should nearly all be fresh, uses
     0.98.
+
+    The machine's speed changes (other software starts and stops), so the model forgets and
+    re-measures:
+
+    - with ``window_s``, a kind's fit and spread use only its observations of the last
+      ``window_s`` seconds (at least its newest three): a load spike ages out;
+    - with ``retry_s``, a kind not observed for ``retry_s`` seconds (one that looked too slow
+      and was not chosen since) is predicted from its *reference* (its first observations,
+      the calibration) scaled by the machine's slowdown now: how much slower than their own
+      references the newest observations of the kinds that did run were. When the rungs
+      that ran say the machine is fast again, the kind is predicted fast again, chosen when
+      it fits, and measured anew (its older observations are dropped then); under a lasting
+      load it is predicted slow like them.
+
+    ``clock`` gives the time of an observation made without one (``time.perf_counter``).
     """
 
-    def __init__(self, history: int = 64, margin: float = 1.15, quantile: float = 0.9) -> None:
-        self._observations: dict[str, deque[tuple[float, float]]] = {}
-        self._fits: dict[str, tuple[float, float, float]] = {}  # kind -> a, b, spread
+    def __init__(
+        self,
+        history: int = 64,
+        margin: float = 1.15,
+        quantile: float = 0.9,
+        *,
+        window_s: float | None = None,
+        retry_s: float | None = None,
+        clock=time.perf_counter,
+    ) -> None:
+        self._observations: dict[str, deque[tuple[float, float, float]]] = {}
+        self._references: dict[str, list[tuple[float, float]]] = {}
+        self._fits: dict[str, tuple[tuple, tuple[float, float, float]]] = {}
+        self._reference_fits: dict[str, tuple[int, tuple[float, float, float]]] = {}
         self.history = history
         self.margin = margin
         self.quantile = quantile
+        self.window_s = window_s
+        self.retry_s = retry_s
+        self.clock = clock
 
     def __len__(self) -> int:
         return sum(len(kind) for kind in self._observations.values())
 
-    def observe(self, work: float, ms: float, kind: str = "") -> None:
+    def observe(self, work: float, ms: float, kind: str = "", at: float | None = None) -> None:
+        """One registration of ``work`` took ``ms``, finishing at ``at`` (default: now)."""
         if math.isfinite(ms) and ms > 0:
+            at = self.clock() if at is None else float(at)
             observed = self._observations.setdefault(kind, deque(maxlen=self.history))
-            observed.append((float(work), float(ms)))
-            self._fits.pop(kind, None)
+            if observed and self.retry_s is not None and at - observed[-1][0] > self.retry_s:
+                observed.clear()  # measured anew after a pause: its older costs say less
+            observed.append((at, float(work), float(ms)))
+            reference = self._references.setdefault(kind, [])
+            if len(reference) < _REFERENCE_SIZE:
+                reference.append((float(work), float(ms)))
 
     @staticmethod
     def _fit(observations) -> tuple[float, float]:
-        work, ms = np.array(observations).T
+        work, ms = np.array(observations, dtype=float).T
         if np.ptp(work) == 0:
             return 0.0, float(np.mean(ms) / max(work[0], 1.0))
         # the least-squares line in closed form: no BLAS call in the tracker's process
@@ -159,20 +195,75 @@ class CostModel:
             return float(np.mean(ms)), 0.0
         return max(float(intercept), 0.0), float(slope)
 
+    def _spread_fit(self, observations) -> tuple[float, float, float]:
+        """The line and its spread: the ``quantile`` of observed/fitted, at least ``margin``."""
+        intercept, slope = self._fit(observations)
+        observed = np.array(observations, dtype=float)
+        fitted = intercept + slope * observed[:, 0]
+        spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
+        return intercept, slope, max(self.margin, float(spread))
+
+    def _recent(self, kind: str, now: float) -> list[tuple[float, float]]:
+        """A kind's (work, ms) of the last ``window_s`` (at least its newest three)."""
+        observed = self._observations[kind]
+        if self.window_s is None:
+            return [(work, ms) for _, work, ms in observed]
+        recent = [(work, ms) for at, work, ms in observed if at >= now - self.window_s]
+        if len(recent) < _KEEP:
+            recent = [(work, ms) for _, work, ms in list(observed)[-_KEEP:]]
+        return recent
+
     def predict(self, work: float, kind: str = "") -> float:
         """Predicted milliseconds, safety margin included (inf before any measurement of
         this kind)."""
         observations = self._observations.get(kind)
         if not observations:
             return math.inf
-        if kind not in self._fits:  # refitted once per observation, not once per question
-            intercept, slope = self._fit(observations)
-            observed = np.array(observations)
-            fitted = intercept + slope * observed[:, 0]
-            spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
-            self._fits[kind] = intercept, slope, max(self.margin, float(spread))
-        intercept, slope, spread = self._fits[kind]
+        now = self.clock()
+        if self.retry_s is not None and now - observations[-1][0] > self.retry_s:
+            slowdown = self.slowdown(now)
+            if slowdown is not None:
+                intercept, slope, spread = self._reference_fit(kind)
+                return (intercept + slope * work) * slowdown * spread
+        recent = self._recent(kind, now)
+        key = (len(recent), observations[-1][0], recent[0])
+        cached = self._fits.get(kind)
+        if cached is None or cached[0] != key:  # refitted when its observations change
+            cached = self._fits[kind] = key, self._spread_fit(recent)
+        intercept, slope, spread = cached[1]
         return (intercept + slope * work) * spread
+
+    def _reference_fit(self, kind: str) -> tuple[float, float, float]:
+        reference = self._references[kind]
+        cached = self._reference_fits.get(kind)
+        if cached is None or cached[0] != len(reference):  # fixed once it is complete
+            cached = self._reference_fits[kind] = len(reference), self._spread_fit(reference)
+        return cached[1]
+
+    def slowdown(self, now: float | None = None) -> float | None:
+        """How much slower than their references the newest observations (of the last
+        ``retry_s``, any kind) ran: their median ratio; None when there are none."""
+        now = self.clock() if now is None else now
+        newest = sorted(
+            (at, work, ms, kind)
+            for kind, observed in self._observations.items()
+            for at, work, ms in list(observed)[-_SLOWDOWN_SAMPLES:]
+            if self.retry_s is None or at >= now - self.retry_s
+        )[-_SLOWDOWN_SAMPLES:]
+        if not newest:
+            return None
+        ratios = []
+        for _, work, ms, kind in newest:
+            intercept, slope, _ = self._reference_fit(kind)
+            ratios.append(ms / max(intercept + slope * work, 1e-6))
+        return float(np.median(ratios))
+
+
+# A kind's reference: its first observations (the calibration on frame 0, both kinds on
+# every worker at once, as the frames will run).
+_REFERENCE_SIZE = 8
+_KEEP = 3  # a kind keeps at least this many observations however old
+_SLOWDOWN_SAMPLES = 4  # the newest observations that say how fast the machine is now
 
 
 def choose_schedule(

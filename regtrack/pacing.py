@@ -2,7 +2,8 @@
 :data:`regtrack.budget.LADDER` costs on the running workers, and the largest that fits.
 
 A :class:`Pacer` learns each finished registration's cost (submitted to result received, per
-pyramid kind), learns the frame interval from the arrivals it is told of, and picks, for each
+pyramid kind; a load spike ages out and a kind that looked too slow is predicted again from
+how fast the machine is now), learns the frame interval from the arrivals it is told of, and picks, for each
 frame, the largest schedule that fits the deadline and, unless another worker will be free
 when the next frame arrives, the time until it does.
 """
@@ -26,6 +27,11 @@ CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[1], LADD
 """Schedules timed on frame 0: two works of each pyramid kind, so each kind's cost model has a
 slope from the start."""
 _COST_QUANTILE = 0.98
+# The cost model forgets a load spike after this long, and predicts a kind not run for
+# RETRY_S from its calibration times how slow the rungs that did run are now
+# (:class:`regtrack.budget.CostModel`): at 8 Hz, 32 and 8 frames.
+WINDOW_S = 4.0
+RETRY_S = 1.0
 
 
 @dataclass
@@ -62,7 +68,9 @@ class Pacer:
     """
 
     def __init__(self, *, budgeted: bool, frame_interval_s: float | None = None) -> None:
-        self.cost = CostModel(quantile=_COST_QUANTILE if budgeted else 0.9)
+        self.cost = CostModel(
+            quantile=_COST_QUANTILE if budgeted else 0.9, window_s=WINDOW_S, retry_s=RETRY_S
+        )
         self.frame_interval_s = check_budget(frame_interval_s, "frame_interval_s")
         self._arrivals: deque[float] = deque(maxlen=9)
 
@@ -77,7 +85,7 @@ class Pacer:
     def observe(self, job: Job) -> None:
         """Learn the cost of a finished registration (submitted to result received)."""
         finished = job.finished if math.isfinite(job.finished) else time.perf_counter()
-        self.cost.observe(job.work, (finished - job.submitted) * 1e3, job.kind)
+        self.cost.observe(job.work, (finished - job.submitted) * 1e3, job.kind, at=finished)
 
     def predict_ms(self, works: dict, schedule: Schedule) -> float:
         """Predicted milliseconds for one frame with ``schedule`` (margin included)."""

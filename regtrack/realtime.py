@@ -54,8 +54,12 @@ _ANSWER_MARGIN_S = 0.004  # building the fallback answer and returning it
 # ... plus the latest this process recently woke from a timed wait or answered past the time
 # it meant to (measured up to 19 ms at load 3.5 on 2 cores), so the fallback still comes in
 # time. (Lowering the workers' priority instead starved them behind other users' processes.)
-_WAKE_HISTORY = 256
+# Each lateness counts for less as it ages, halving every _WAKE_HALF_LIFE_S: under a lasting
+# load new ones keep the margin up, and once a spike is over the margin shrinks back within
+# a second instead of eating the budget of the next 256 waits (as the largest of the last
+# 256 did).
 _WAKE_SAFETY = 1.5  # a spike larger than any recent one still fits
+_WAKE_HALF_LIFE_S = 0.5
 _MAX_WORKERS = 4
 
 
@@ -193,7 +197,7 @@ class RealtimeTracker:
         self._previous: np.ndarray | None = None
         self._previous_index = 0  # the frame whose answer _previous is
         self._metrics: deque[float] = deque(maxlen=20)
-        self._lateness: deque[float] = deque(maxlen=_WAKE_HISTORY)
+        self._lateness = (time.perf_counter(), 0.0)  # (when, how late), see _late_by
         self._next_index = 1
         self._frame_shape: tuple[int, int] | None = None
 
@@ -414,12 +418,23 @@ class RealtimeTracker:
             time.sleep(timeout or 0.0)
             done = ()
         if due is not None and not done:
-            self._lateness.append(max(0.0, time.perf_counter() - due))
+            self._late_by(time.perf_counter() - due)
 
     def _margin_s(self) -> float:
         """How long before a deadline its answer is built: a fixed margin plus the latest this
-        process recently woke from a timed wait."""
-        return _ANSWER_MARGIN_S + _WAKE_SAFETY * max(self._lateness, default=0.0)
+        process recently woke from a timed wait (each lateness halving every
+        ``_WAKE_HALF_LIFE_S`` as it ages)."""
+        return _ANSWER_MARGIN_S + _WAKE_SAFETY * self._lateness_now(time.perf_counter())
+
+    def _lateness_now(self, now: float) -> float:
+        at, peak = self._lateness
+        return peak * 0.5 ** ((now - at) / _WAKE_HALF_LIFE_S)
+
+    def _late_by(self, seconds: float) -> None:
+        """This process woke or answered ``seconds`` past the time it meant to: the largest
+        lateness, each halved for every half-life since it happened, is one number."""
+        now = time.perf_counter()
+        self._lateness = (now, max(self._lateness_now(now), seconds, 0.0))
 
     def _seconds_left(self, deadline: float | None) -> float | None:
         if deadline is None:
@@ -518,7 +533,7 @@ class RealtimeTracker:
         )
         sam, note = self._sam_answer(pending)
         answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
-        self._lateness.append(max(0.0, time.perf_counter() - meant))
+        self._late_by(time.perf_counter() - meant)
         return answer
 
     def _take_in(self, pending: _Pending) -> None:

@@ -66,3 +66,82 @@ def test_offline_total_budget_shrinks_the_schedule(translated):
     # a tight budget costs accuracy, but the answer is still a registration near the truth
     assert {r["source"] for r in tight.records[1:]} == {"registration"}
     assert np.abs(tight.masks.astype(int) - masks).sum() < masks[0].sum()
+
+
+class FakeClock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def calibrated(clock, **kwargs):
+    """A real-time cost model after a quiet calibration: preset kind 40 + 0.0004 ms per unit
+    of work, recursive kind 15 + 0.004."""
+    cost = CostModel(quantile=0.98, window_s=4.0, retry_s=1.0, clock=clock, **kwargs)
+    for work in (45000, 90000, 45000, 90000, 45000, 90000, 45000, 90000):
+        cost.observe(work, 40 + 0.0004 * work, "")
+    for work in (1800, 15000, 1800, 15000, 1800, 15000, 1800, 15000):
+        cost.observe(work, 15 + 0.004 * work, "recursive")
+    return cost
+
+
+def test_a_kind_that_looked_too_slow_is_predicted_again_once_the_machine_is_fast():
+    clock = FakeClock()
+    cost = calibrated(clock)
+    quiet = cost.predict(90000, "")
+    for _ in range(6):  # a load spike: the preset kind three times slower, then not chosen
+        clock.now += 0.125
+        cost.observe(90000, 3 * (40 + 0.0004 * 90000), "")
+    assert cost.predict(90000, "") > 2.5 * quiet
+    for _ in range(12):  # 1.5 s of the recursive kind at its calibrated speed
+        clock.now += 0.125
+        cost.observe(1800, 15 + 0.004 * 1800, "recursive")
+    assert cost.slowdown() == pytest.approx(1.0)
+    assert cost.predict(90000, "") == pytest.approx(quiet, rel=0.05)  # tried again
+    clock.now += 0.125
+    cost.observe(90000, 40 + 0.0004 * 90000, "")  # and measured anew: its own fit again
+    assert cost.predict(90000, "") < 1.5 * quiet
+
+
+def test_under_a_lasting_load_a_kind_not_run_is_predicted_as_slow_as_the_ones_that_run():
+    clock = FakeClock()
+    cost = calibrated(clock)
+    quiet = cost.predict(90000, "")
+    for _ in range(40):  # 5 s at twice the calibrated cost, the preset kind never chosen
+        clock.now += 0.125
+        cost.observe(8400, 2 * (15 + 0.004 * 8400), "recursive")
+    assert cost.slowdown() == pytest.approx(2.0)
+    assert cost.predict(90000, "") == pytest.approx(2 * quiet, rel=0.05)
+
+
+def test_a_spike_ages_out_of_the_kind_that_keeps_running():
+    clock = FakeClock()
+    cost = calibrated(clock)
+    quiet = cost.predict(8400, "recursive")
+    for _ in range(8):
+        clock.now += 0.125
+        cost.observe(8400, 4 * (15 + 0.004 * 8400), "recursive")
+    assert cost.predict(8400, "recursive") > 3 * quiet
+    for _ in range(40):  # 5 s quiet: longer than the window
+        clock.now += 0.125
+        cost.observe(8400, 15 + 0.004 * 8400, "recursive")
+    assert cost.predict(8400, "recursive") == pytest.approx(quiet, rel=0.2)
+
+
+def test_under_a_lasting_load_a_cheaper_rung_answers_before_none_fits():
+    """Twice as slow: the chosen rung is smaller, and still one predicted to fit."""
+    clock = FakeClock()
+    works = {s: (90000 if s.pyramid == "" else 1800 + 3000 * i) for i, s in enumerate(LADDER)}
+    quiet, loaded = calibrated(clock), calibrated(clock)
+    for _ in range(16):
+        clock.now += 0.125
+        loaded.observe(works[LADDER[3]], 2 * (15 + 0.004 * works[LADDER[3]]), "recursive")
+    budget_ms = 150.0
+    chosen_quiet = choose_schedule(budget_ms, works, quiet)
+    chosen_loaded = choose_schedule(budget_ms, works, loaded)
+    assert LADDER.index(chosen_loaded) > LADDER.index(chosen_quiet)
+    assert loaded.predict(works[chosen_loaded], chosen_loaded.pyramid) <= budget_ms

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -200,6 +201,87 @@ def test_a_schedule_running_past_the_next_frame_needs_a_worker_free_for_that_fra
     alone = choose_schedule(500, works, cost, next_frame_ms=125, free_for_next=False)
     assert cost.predict(works[alone]) <= 125 < cost.predict(works[LADDER[1]])
     assert choose_schedule(None, works, cost, next_frame_ms=125, free_for_next=False) == alone
+
+
+class SpikyWorker:
+    """Registration stand-in that is slow (``slow_s``, longer than the budget) for the frames
+    submitted while ``spike`` holds their index, and answers at once otherwise; the works
+    differ per rung, so the cost model has a ladder to climb."""
+
+    def __init__(self, spike, slow_s):
+        self.spike, self.slow_s = spike, slow_s
+        self.works = {
+            s: 90000 if s.pyramid == "" else 1800 + 3000 * i for i, s in enumerate(LADDER)
+        }
+        self.timers = []
+
+    def __call__(self, frame0, mask0, settings, spacing_mm):
+        return self
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        future = Future()
+        result = FrameResult(
+            index=index, mask=row_mask(index), source="registration", schedule=schedule.name
+        )
+        if index in self.spike:
+            timer = threading.Timer(self.slow_s, future.set_result, (result,))
+            timer.daemon = True
+            self.timers.append(timer)
+            timer.start()
+        else:
+            future.set_result(result)
+        return future
+
+    def close(self):
+        pass
+
+
+def test_fresh_answers_resume_within_8_frames_of_a_load_spike_and_none_is_late(monkeypatch):
+    """Frames 6-13 of a stream at 8 Hz take 0.4 s (the budget is 0.25 s), the others none:
+    the spike's frames get the previous answer on time, and once it is over the frames get
+    their own registrations again within 8 frames, the preset's rung among them (the cost
+    model re-measures it). The answer margin is set wide, so a loaded test machine waking
+    this process late cannot make an answer late (the deadline logic is what is tested)."""
+    import regtrack.realtime
+
+    monkeypatch.setattr(regtrack.realtime, "_ANSWER_MARGIN_S", 0.08)
+    spike = range(6, 14)
+    worker = SpikyWorker(spike, slow_s=0.4)
+    frames = np.zeros((31, *SHAPE), np.float32)  # the masks tell 31 frames apart
+    settings = TrackerSettings(budget_s=0.25)
+    with RealtimeTracker(settings, worker=worker, workers=2) as rt:
+        rt.init(frames[0], first_mask())
+        answers = list(rt.stream(frames, frame_rate_hz=8.0))
+    for timer in worker.timers:
+        timer.join()
+    assert [a.index for a in answers] == list(range(1, 31))
+    assert all(a.latency_ms <= a.budget_ms for a in answers), "an answer came late"
+    fresh = {a.index for a in answers if a.source == "registration" and a.answered_by == a.index}
+    assert not fresh & set(spike)
+    after = sorted(i for i in fresh if i >= spike.stop)
+    assert after and after[0] < spike.stop + 8, f"fresh again only at frame {after[:1]}"
+    assert len(after) >= 0.8 * (31 - after[0])  # and they stay fresh
+    top = [a.index for a in answers if a.index >= spike.stop and a.schedule == LADDER[0].name]
+    assert top, "the preset's rung was never tried again after the spike"
+
+
+def test_the_answer_margin_forgets_a_late_wake_within_a_second(monkeypatch):
+    """A wake 100 ms late widens the margin by 150 ms; it halves every half-life after, and a
+    smaller lateness later does not reset it."""
+    from regtrack import realtime
+
+    clock = [100.0]
+    monkeypatch.setattr(realtime.time, "perf_counter", lambda: clock[0])
+    rt = RealtimeTracker(TrackerSettings(budget_s=0.05), worker=ManualWorker())
+    base = realtime._ANSWER_MARGIN_S
+    assert rt._margin_s() == pytest.approx(base)
+    rt._late_by(0.1)
+    assert rt._margin_s() == pytest.approx(base + 0.15)
+    clock[0] += realtime._WAKE_HALF_LIFE_S
+    rt._late_by(0.01)
+    assert rt._margin_s() == pytest.approx(base + 0.075)
+    clock[0] += 1.0 - realtime._WAKE_HALF_LIFE_S  # a second after the late wake
+    assert rt._margin_s() == pytest.approx(base + 0.15 * 0.5 ** (1.0 / realtime._WAKE_HALF_LIFE_S))
 
 
 def test_pool_size_is_checked():
