@@ -499,6 +499,8 @@ class RealtimeTracker:
             return self._answer_late(pending, timing)
         if job is not None and not pending.taken_in:
             self._take_in(pending)
+        if job is not None:
+            timing["finished"] = job.finished  # (it may have finished since timing was read)
         if pending.result is None and self._waits_for_sam(pending):
             return None
         sam, note = self._sam_answer(pending)
