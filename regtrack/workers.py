@@ -63,7 +63,7 @@ class ProcessWorker:
         self.built = self._pool.submit(
             _process_build, frame0, mask0, settings, spacing_mm, threads, path
         )
-        # both sides have it mapped once the worker is built: the name can go
+        # the worker unlinks it once mapped; this covers a build that failed before
         self.built.add_done_callback(lambda _: _unlink(path))
 
     @property
@@ -133,6 +133,7 @@ def _process_build(
     _PROCESS_FRAMES = np.memmap(
         frames_path, np.float32, "r", shape=(_FRAME_SLOTS, *np.shape(frame0))
     )
+    _unlink(frames_path)  # both sides have it mapped: nothing is left behind if either dies
     if threads and "MaximumNumberOfThreads" not in settings.overrides:
         settings = replace(
             settings, overrides={**settings.overrides, "MaximumNumberOfThreads": threads}

@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,6 +344,7 @@ def test_worker_processes_die_with_a_killed_parent(tmp_path):
         tracker = RealtimeTracker(TrackerSettings(budget_s=0.5), workers=2)
         tracker.init(frame, mask, calibrate=False)
         print(*[pid for slot in tracker._slots for pid in slot.worker.pids], flush=True)
+        print(*[slot.worker._frames.filename for slot in tracker._slots], flush=True)
         time.sleep(600)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -352,6 +354,8 @@ def test_worker_processes_die_with_a_killed_parent(tmp_path):
     try:
         pids = [int(pid) for pid in process.stdout.readline().split()]
         assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        slots = process.stdout.readline().split()  # the workers' frame slots (shared memory)
+        assert len(slots) == 2 and not any(Path(path).exists() for path in slots)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
