@@ -372,6 +372,13 @@ class Engine:
         if not has_signal(frame[box or (slice(None), slice(None))]):
             reason = "frame has no signal (constant) in the target's neighbourhood"
             return _fallback(previous, reason, start, **common)
+        # Started from the flow, the translation-started registration is not needed (fields,
+        # which map the whole frame, and the lean rungs, which skip the flow, still take it).
+        if self.start_maps is not None and schedule.flow_candidate and not return_fields:
+            common["start"] = "flow"
+            return self._track_from_flow(
+                frame, fixed, previous, box, shift, schedule, start, common
+            )
         try:
             registration = register_pair(
                 fixed,
@@ -384,11 +391,6 @@ class Engine:
             )
         except RegistrationError as error:
             return _fallback(previous, str(error), start, **common)
-        if self.start_maps is not None and schedule.flow_candidate and not return_fields:
-            common["start"] = "flow"
-            return self._track_from_flow(
-                frame, fixed, previous, box, shift, schedule, start, common
-            )
         # The mask can only land near where the target was (the ROI); the whole frame is
         # mapped only when a field is wanted.
         whole = (slice(None), slice(None))
