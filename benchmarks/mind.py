@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +94,6 @@ def numba_mind():
     return run
 
 
-def _time_ms(function, repeats: int) -> dict:
-    for _ in range(3):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
-
-
 def main(argv=None) -> int:
     import torch
 
@@ -114,6 +102,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(Path(__file__).parent))
     from accuracy import machine
+    from features import _time_ms
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=100)
@@ -134,7 +123,7 @@ def main(argv=None) -> int:
             ways["numba kernel"] = numba_version
         expected = reference()
         for name, function in ways.items():
-            timing = _time_ms(lambda f=function, x=image: f(x), args.repeats)
+            timing = _time_ms(lambda f=function, x=image: f(x), args.repeats, lambda: None)
             difference = float(np.abs(function(image) - expected).max())
             rows.append({"way": name, "size": size, "max_abs_difference": difference, **timing})
             print(

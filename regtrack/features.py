@@ -190,15 +190,13 @@ class FeatureExtractor:
         x = torch.from_numpy(np.ascontiguousarray(frame, np.float32))[None, None].to(self.device)
         with torch.inference_mode():
             maps = self.model(x)
-        return [
-            F.interpolate(m, size=frame.shape, mode="bilinear", align_corners=False)[0]
-            .float()
-            .cpu()
-            .numpy()
-            if m.shape[-2:] != frame.shape
-            else m[0].float().cpu().numpy()
+        on_grid = [
+            m
+            if m.shape[-2:] == frame.shape
+            else F.interpolate(m, size=frame.shape, mode="bilinear", align_corners=False)
             for m in maps
         ]
+        return [m[0].float().cpu().numpy() for m in on_grid]
 
     def __call__(self, frame: np.ndarray) -> list[np.ndarray]:
         """Feature channels of one frame, each (H, W) float32 on the frame grid."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .refine import sample
-from .registration import Registration, register_pair
+from .registration import Registration, as_channels, register_pair
 from .transform import mapped_points
 
 __all__ = ["StartedRegistration", "register_from_start"]
@@ -37,16 +37,16 @@ def register_from_start(
     and grid cover ``box``.
     """
     spacing = np.asarray(spacing_mm, float)[:, None, None]
-    shape = _channels(fixed)[0].shape
+    shape = as_channels(fixed)[0].shape
     at = start_points / spacing
     pulled = []
-    for channel in _channels(moving):
+    for channel in as_channels(moving):
         image = np.zeros(shape, np.float32)
         image[start_box] = sample(channel, at)
         pulled.append(image)
     registration = register_pair(
         fixed,
-        pulled if len(pulled) > 1 else pulled[0],
+        pulled,
         parameter_maps,
         spacing_mm=spacing_mm,
         fixed_box=box,
@@ -57,9 +57,3 @@ def register_from_start(
     where = residual / spacing - offset
     points = np.stack([sample(start_points[k], where) for k in range(2)]).astype(np.float64)
     return StartedRegistration(registration, points)
-
-
-def _channels(images) -> list[np.ndarray]:
-    if isinstance(images, np.ndarray) and images.ndim == 2:
-        return [images]
-    return list(images)

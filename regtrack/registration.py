@@ -26,6 +26,7 @@ from .transform import mapped_points
 __all__ = [
     "Registration",
     "RegistrationError",
+    "as_channels",
     "displacement_field",
     "field_from_points",
     "register_pair",
@@ -170,7 +171,7 @@ def register_pair(
     -------
     Registration
     """
-    fixed_list, moving_list = _as_channels(fixed), _as_channels(moving)
+    fixed_list, moving_list = as_channels(fixed), as_channels(moving)
     shape = fixed_list[0].shape
     box = fixed_box or (slice(0, shape[0]), slice(0, shape[1]))
     part = moving_box or (slice(None), slice(None))
@@ -211,7 +212,8 @@ def register_pair(
     )
 
 
-def _as_channels(images) -> list[np.ndarray]:
+def as_channels(images) -> list[np.ndarray]:
+    """One (H, W) image or a list of channels, as a list of channels."""
     if isinstance(images, np.ndarray) and images.ndim == 2:
         return [images]
     return list(images)
