@@ -57,11 +57,14 @@ class Choice:
     reason: str = ""
 
 
-def flow_candidate(frame, frame0, part, shift_mm, spacing_mm, value_range) -> Candidate:
+def flow_candidate(
+    frame, frame0, part, shift_mm, spacing_mm, value_range, finest_scale=_FLOW_FINEST_SCALE
+) -> Candidate:
     """DIS flow of frame t onto frame 0 shifted by ``shift_mm`` (the translation carry), over
     the ``part`` slices grown by ``_FLOW_CONTEXT_MM`` (the flow's coarse levels need context),
     kept at ``part``; both 8-bit over frame 0's ``value_range``, the input the flow peer is
-    given, so drifting grey values are left as they are."""
+    given, so drifting grey values are left as they are. ``finest_scale`` 1 stops the flow at
+    half resolution (a third of the cost, for the real-time flow rung)."""
     import cv2
 
     spacing = np.asarray(spacing_mm, float)[:, None, None]
@@ -71,7 +74,7 @@ def flow_candidate(frame, frame0, part, shift_mm, spacing_mm, value_range) -> Ca
     start += np.asarray(shift_mm, float)[:, None, None] / spacing
     moved0 = sample(frame0, start)
     dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{_FLOW_PRESET}"))
-    dis.setFinestScale(_FLOW_FINEST_SCALE)
+    dis.setFinestScale(finest_scale)
     flow_xy = dis.calc(_to_uint8(frame[context], value_range), _to_uint8(moved0, value_range), None)
     flow_rc = flow_xy.transpose(2, 0, 1)[::-1].astype(np.float64)
     inner = tuple(

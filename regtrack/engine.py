@@ -317,7 +317,10 @@ class Engine:
         step_sizes = _trial_run(parameter_maps, moving, spacing_mm, box, moving_box)
         if settings.calibrate_step_sizes and step_sizes:
             parameter_maps = with_step_sizes(parameter_maps, step_sizes)
-        scaled = {schedule: scaled_maps(parameter_maps, schedule) for schedule in LADDER}
+        scaled = {
+            schedule: (None, 1) if schedule.flow_only else scaled_maps(parameter_maps, schedule)
+            for schedule in LADDER
+        }
         start_maps = None
         if settings.start == "flow":
             started = finest_level(load_parameter_maps(settings.preset, settings.overrides))
@@ -326,7 +329,11 @@ class Engine:
             sizes = _trial_run(started, moving, spacing_mm, box, moving_box)
             if settings.calibrate_step_sizes and sizes:
                 started = with_step_sizes(started, sizes)
-            start_maps = {schedule: scaled_maps(started, schedule)[0] for schedule in LADDER}
+            start_maps = {
+                schedule: scaled_maps(started, schedule)[0]
+                for schedule in LADDER
+                if not schedule.flow_only
+            }
         return cls(
             parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
             works={schedule: work for schedule, (_, work) in scaled.items()},
@@ -348,6 +355,8 @@ class Engine:
         self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
     ) -> FrameResult:
         """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
+        if schedule.flow_only and return_fields:  # a field is the registration's: its smallest
+            schedule = LADDER[-2]
         start = time.perf_counter()
         frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
         features_start = time.perf_counter()
@@ -372,6 +381,8 @@ class Engine:
         if not has_signal(frame[box or (slice(None), slice(None))]):
             reason = "frame has no signal (constant) in the target's neighbourhood"
             return _fallback(previous, reason, start, **common)
+        if schedule.flow_only and not return_fields:
+            return self._track_by_flow(frame, previous, box, shift, start, common)
         # Started from the flow, the translation-started registration is not needed (fields,
         # which map the whole frame, and the lean rungs, which skip the flow, still take it).
         if self.start_maps is not None and schedule.flow_candidate and not return_fields:
@@ -493,6 +504,27 @@ class Engine:
             elapsed_ms=(time.perf_counter() - start) * 1e3,
             candidate="registration" if registration else "flow",
             candidate_reason="" if registration else reason,
+            **common,
+        )
+
+    def _track_by_flow(self, frame, previous, box, shift, start, common):
+        """The flow rung: the fast tracker's map at half resolution answers alone."""
+        box = box or (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
+        flow = flow_candidate(
+            frame, self.frame0, box, shift, self.spacing_mm, self.frame0_range, finest_scale=1
+        )
+        mask, reason = self._answer(flow.points, box, previous)
+        if reason:
+            return _fallback(previous, f"flow rung: {reason}", start, **common)
+        return FrameResult(
+            mask=mask,
+            source="registration",
+            metric_value=float("nan"),
+            iterations=0,
+            registration_ms=0.0,
+            elapsed_ms=(time.perf_counter() - start) * 1e3,
+            candidate="flow",
+            candidate_reason="flow rung: no registration fits the budget",
             **common,
         )
 

@@ -19,13 +19,21 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from .budget import LADDER, CostModel, Schedule, check_budget, choose_schedule
+from .budget import FLOW_RUNG, LADDER, CostModel, Schedule, check_budget, choose_schedule
 
 __all__ = ["CALIBRATION", "Job", "Pacer"]
 
-CALIBRATION = (LADDER[-1], LADDER[-1], LADDER[len(LADDER) // 2], LADDER[1], LADDER[0])
+CALIBRATION = (
+    FLOW_RUNG,
+    FLOW_RUNG,
+    LADDER[-2],
+    LADDER[-2],
+    LADDER[len(LADDER) // 2],
+    LADDER[1],
+    LADDER[0],
+)
 """Schedules timed on frame 0: two works of each pyramid kind, so each kind's cost model has a
-slope from the start."""
+slope from the start, and the flow rung (one work)."""
 _COST_QUANTILE = 0.98
 # The cost model forgets a load spike after this long, and predicts a kind not run for
 # RETRY_S from its calibration times how slow the rungs that did run are now
@@ -42,7 +50,7 @@ class Job:
     future: Future
     submitted: float
     work: int
-    kind: str  # the schedule's pyramid: the cost model fits each kind on its own
+    kind: str  # the schedule's kind: the cost model fits each kind on its own
     start_age: int
     finished: float = math.nan  # perf_counter() when its result reached this process
     answered: bool = False  # its frame has been answered (late: by the fallback)
@@ -89,7 +97,7 @@ class Pacer:
 
     def predict_ms(self, works: dict, schedule: Schedule) -> float:
         """Predicted milliseconds for one frame with ``schedule`` (margin included)."""
-        return self.cost.predict(works[schedule], schedule.pyramid)
+        return self.cost.predict(works[schedule], schedule.kind)
 
     def interval_s(self) -> float | None:
         """Seconds between frames: given, or the median gap of the arrivals."""

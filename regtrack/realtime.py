@@ -529,10 +529,8 @@ class RealtimeTracker:
         job.answered = True  # runs on; _collect takes it in when it finishes
         meant = pending.deadline - self._margin_s()
         self._collect()  # an earlier frame's registration may have finished meanwhile
-        late = (
-            f"deadline: registration ({pending.schedule.name}) not done within "
-            f"{pending.budget_ms:.0f} ms"
-        )
+        what = "flow" if pending.schedule.flow_only else f"registration ({pending.schedule.name})"
+        late = f"deadline: {what} not done within {pending.budget_ms:.0f} ms"
         sam, note = self._sam_answer(pending)
         answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
         self._late_by(time.perf_counter() - meant)
@@ -580,7 +578,7 @@ class RealtimeTracker:
             frame, start, index, schedule=schedule, return_fields=self.return_fields
         )
         work = slot.worker.works[schedule]
-        slot.job = Job(index, future, submitted, work, schedule.pyramid, start_age)
+        slot.job = Job(index, future, submitted, work, schedule.kind, start_age)
         future.add_done_callback(lambda _, job=slot.job: job.mark_finished())
         return slot.job
 

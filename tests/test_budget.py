@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from regtrack.budget import LADDER, CostModel, Schedule, check_budget, choose_schedule, scaled_maps
+from regtrack.budget import (
+    FLOW_RUNG,
+    LADDER,
+    CostModel,
+    Schedule,
+    check_budget,
+    choose_schedule,
+    scaled_maps,
+)
 from regtrack.parameters import load_parameter_maps
 from regtrack.tracking import TrackerSettings, track
 
@@ -55,6 +63,17 @@ def test_small_budget_gets_a_smaller_schedule_than_a_large_one():
     assert cost.predict(works[small]) <= 50.0
     assert choose_schedule(None, works, cost) == LADDER[0]
     assert choose_schedule(0.1, works, cost) == LADDER[-1]  # nothing fits: the smallest
+
+
+def test_below_the_smallest_registration_the_flow_rung_answers():
+    cost = CostModel(margin=1.0)
+    works = {s: 1 if s.flow_only else 100_000 * s.iterations * s.samples for s in LADDER}
+    for schedule in LADDER[:-1]:
+        cost.observe(works[schedule], 20.0 + works[schedule] / 1000, schedule.kind)
+    cost.observe(1, 9.0, "flow")
+    assert choose_schedule(23.0, works, cost) == LADDER[-2]  # the smallest registration fits
+    assert choose_schedule(15.0, works, cost) == FLOW_RUNG  # only the flow fits
+    assert LADDER.index(FLOW_RUNG) == len(LADDER) - 1 and FLOW_RUNG.name == "flow"
 
 
 def test_offline_total_budget_shrinks_the_schedule(translated):

@@ -99,3 +99,23 @@ def test_start_only_answers_with_the_flow_and_says_so(phantom):
 def test_bad_start_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         TrackerSettings(**settings)
+
+
+def test_the_flow_rung_answers_alone_and_follows_known_motion(phantom):
+    from regtrack.budget import FLOW_RUNG, LADDER
+    from regtrack.engine import Engine
+    from regtrack.metrics import dice
+
+    engine = Engine.build(
+        phantom.frames[0], phantom.first_mask, TrackerSettings(), phantom.spacing_mm
+    )
+    previous, scores = phantom.first_mask, []
+    for index in range(1, len(phantom.frames)):
+        result = engine.track_frame(phantom.frames[index], previous, index, schedule=FLOW_RUNG)
+        assert result.candidate == "flow" and result.iterations == 0
+        assert result.schedule == "flow" and "flow rung" in result.candidate_reason
+        scores.append(dice(result.mask, phantom.masks[index]))
+        previous = result.mask
+    copied = [dice(phantom.first_mask, label) for label in phantom.masks[1:]]
+    assert FLOW_RUNG is LADDER[-1] and FLOW_RUNG.kind == "flow"
+    assert min(scores) > 0.9 and np.mean(scores) > np.mean(copied) + 0.05

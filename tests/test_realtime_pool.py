@@ -302,16 +302,17 @@ def textured(shape, shift, seed=0):
 
 
 @pytest.mark.slow
-def test_real_elastix_in_a_worker_process_misses_a_20_ms_deadline_and_still_seeds_the_next():
+def test_a_worker_process_misses_a_2_ms_deadline_and_still_seeds_the_next():
     shape = (350, 350)
     frames = [textured(shape, (2 * t, t)) for t in range(3)]
     mask = np.zeros(shape, bool)
     mask[150:200, 150:200] = True
     with RealtimeTracker(TrackerSettings(), worker="process") as rt:
         rt.init(frames[0], mask, calibrate=False)
-        late = rt.step(frames[1], budget_s=0.02)
+        # uncalibrated, the cheapest rung (the flow alone) is chosen, and 2 ms is too little
+        late = rt.step(frames[1], budget_s=0.002)
         assert late.source == "previous" and late.answered_by == 0 and late.start_age == 1
-        assert late.reason.startswith("deadline: registration") and "within 20 ms" in late.reason
+        assert late.reason == "deadline: flow not done within 2 ms"
         assert np.array_equal(late.mask, mask)
         following = rt.step(frames[2])  # no deadline: waits for the worker, then registers
     assert following.source == "registration" and following.answered_by == 2
