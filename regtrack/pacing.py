@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .budget import FLOW_RUNG, LADDER, CostModel, Schedule, check_budget, choose_schedule
 
-__all__ = ["CALIBRATION", "Job", "Pacer"]
+__all__ = ["CALIBRATION", "WARM_UP", "Job", "Pacer"]
 
 CALIBRATION = (
     FLOW_RUNG,
@@ -34,6 +34,10 @@ CALIBRATION = (
 )
 """Schedules timed on frame 0: two works of each pyramid kind, so each kind's cost model has a
 slope from the start, and the flow rung (one work)."""
+WARM_UP = (LADDER[-2],)
+"""Run on frame 0 before the calibration and not timed: a worker's first registration took
+100-165 ms against 30-50 ms for the next (real case, 2 workers on 2 cores). Timed, it made the
+registration rungs look too slow for 0.1 s, so the flow rung answered every frame."""
 _COST_QUANTILE = 0.98
 # The cost model forgets a load spike after this long, and predicts a kind not run for
 # RETRY_S from its calibration times how slow the rungs that did run are now

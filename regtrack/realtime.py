@@ -40,7 +40,7 @@ from .budget import LADDER, Schedule, check_budget
 from .checks import check_frame, check_mask, check_spacing
 from .engine import FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
-from .pacing import CALIBRATION, Job, Pacer
+from .pacing import CALIBRATION, WARM_UP, Job, Pacer
 from .processes import start_worker_server, usable_cores, worker_context
 from .sam_worker import SamWorker, sam_checkpoint
 from .stages import with_tracker_stages
@@ -319,15 +319,17 @@ class RealtimeTracker:
         return sam
 
     def _calibrate(self, frame0, mask0) -> None:
-        """Time a few schedules on frame 0, all workers at once (as they will run)."""
-        for schedule in CALIBRATION:
+        """Time a few schedules on frame 0, all workers at once (as they will run), after a
+        warm-up that is not timed."""
+        for position, schedule in enumerate((*WARM_UP, *CALIBRATION)):
             jobs = [self._submit(slot, frame0, mask0, 0, schedule, 0) for slot in self._slots]
             while not all(job.future.done() for job in jobs):
                 self._timed_wait([], 0.002)  # how late this process wakes while workers run
             for slot, job in zip(self._slots, jobs, strict=True):
                 job.future.result()
                 slot.job = None
-                self._pacer.observe(job)
+                if position >= len(WARM_UP):
+                    self._pacer.observe(job)
         logger.info(
             "cost model calibrated on %d worker(s): full schedule %.0f ms, smallest %.0f ms",
             self.workers,

@@ -216,3 +216,28 @@ def test_a_killed_realtime_replay_resumes_where_its_record_stops(tmp_path, jump_
     assert resumed[:kept] == records[:kept]  # what was recorded stays as it was
     assert [json.loads(r)["index"] for r in resumed] == list(range(len(frames)))
     assert main([*command, "--frame-rate", "4"]) == 2  # another rate is another replay
+
+
+class ColdStartWorker(StandInWorker):
+    """Its first call takes ``cold_s`` (a worker's first registration), every later one 10 ms."""
+
+    def __init__(self, frame_shape, cold_s):
+        super().__init__({}, frame_shape)
+        self.cold_s, self.calls = cold_s, 0
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        self.calls += 1
+        self.delays = {index: self.cold_s if self.calls == 1 else 0.01}
+        return super().submit(frame, previous, index, schedule=schedule)
+
+
+def test_a_workers_cold_first_call_is_not_taken_as_its_cost(frames):
+    from regtrack.pacing import CALIBRATION, WARM_UP
+
+    first_mask = np.zeros((32, 32), bool)
+    first_mask[10:20, 10:20] = True
+    worker = ColdStartWorker((32, 32), cold_s=0.4)
+    with RealtimeTracker(TrackerSettings(budget_s=0.1), worker=worker) as tracker:
+        tracker.init(frames[0], first_mask, calibrate=True)
+        assert worker.calls == len(WARM_UP) + len(CALIBRATION)
+        assert all(tracker.predict_ms(schedule) < 100 for schedule in LADDER)
