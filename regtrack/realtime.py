@@ -36,7 +36,7 @@ from typing import Self
 
 import numpy as np
 
-from .budget import LADDER, Schedule, check_budget
+from .budget import FLOW_RUNG, LADDER, Schedule, check_budget
 from .checks import check_frame, check_mask, check_spacing
 from .engine import FrameResult, TrackerSettings
 from .gate import centroid_mm, hybrid_decision, metric_outlier
@@ -86,6 +86,8 @@ class _Pending:
     reason: str = ""  # why there is no usable registration
     result: FrameResult | None = None  # the registration, once taken in and usable
     taken_in: bool = False  # the registration's outcome is in result or reason
+    backup: Job | None = None  # the flow rung on another worker, answering a late registration
+    backup_slot: _Slot | None = None
 
     @property
     def budget_ms(self) -> float:
@@ -480,11 +482,36 @@ class RealtimeTracker:
         pending.schedule = self._choose(pending.deadline, arrival, slot)
         pending.slot = slot
         pending.job = self._submit(slot, frame, start, index, pending.schedule, index - start_index)
+        self._submit_backup(pending, frame, start, index - start_index)
         return pending
+
+    def _submit_backup(self, pending: _Pending, frame, start, start_age: int) -> None:
+        """Under a deadline, the flow rung of the same frame on an idle worker: it answers if
+        the registration runs late, instead of an earlier frame's answer. Only when the
+        frame is due before the next one arrives (the backup must not hold a worker the next
+        frame needs) and SAM, which answers late registrations in hybrid mode, is not there."""
+        if pending.deadline is None or pending.schedule.flow_only or self._sam is not None:
+            return
+        interval = self._pacer.interval_s()
+        if interval is not None and pending.budget_s >= interval:
+            return
+        spare = next(
+            (s for s in self._slots if s is not pending.slot and s.job is None and s.ready()),
+            None,
+        )
+        if spare is not None:
+            pending.backup_slot = spare
+            pending.backup = self._submit(spare, frame, start, pending.index, FLOW_RUNG, start_age)
 
     def _resolve(self, pending: _Pending) -> FrameResult | None:
         """The frame's answer once its registration (and, when that fails, SAM) is done or
-        its deadline has come."""
+        its deadline has come; an unused backup is then left to :meth:`_collect`."""
+        answer = self._resolve_frame(pending)
+        if answer is not None and pending.backup is not None:
+            pending.backup.answered = True
+        return answer
+
+    def _resolve_frame(self, pending: _Pending) -> FrameResult | None:
         job = pending.job
         timing = {
             "arrival": pending.arrival,
@@ -506,6 +533,10 @@ class RealtimeTracker:
         if pending.result is None and self._waits_for_sam(pending):
             return None
         sam, note = self._sam_answer(pending)
+        if pending.result is None and (
+            backup := self._backup_answer(pending, pending.reason, timing)
+        ):
+            return backup
         if pending.result is None:
             start_age = job.start_age if job else -1
             return self._fallback(pending.index, pending.reason, sam, start_age, note, **timing)
@@ -533,10 +564,36 @@ class RealtimeTracker:
         self._collect()  # an earlier frame's registration may have finished meanwhile
         what = "flow" if pending.schedule.flow_only else f"registration ({pending.schedule.name})"
         late = f"deadline: {what} not done within {pending.budget_ms:.0f} ms"
+        backup = self._backup_answer(pending, late, timing)
+        if backup is not None:
+            return backup
         sam, note = self._sam_answer(pending)
         answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
         self._late_by(time.perf_counter() - meant)
         return answer
+
+    def _backup_answer(self, pending: _Pending, late: str, timing: dict) -> FrameResult | None:
+        """The backup flow's answer for a frame whose registration is late, if it is here and
+        passed its gate; None otherwise."""
+        backup = pending.backup
+        if backup is None or not backup.future.done():
+            return None
+        pending.backup, pending.backup_slot.job = None, None
+        if isinstance(backup.future.exception(), BrokenExecutor):
+            self._replace(pending.backup_slot, backup.future.exception(), pending.index)
+            return None
+        self._pacer.observe(backup)
+        result = backup.future.result()
+        if result.source != "registration":
+            return None
+        result = replace(
+            result,
+            answered_by=pending.index,
+            start_age=backup.start_age,
+            candidate_reason=f"{late}; the flow rung on another worker answered",
+        )
+        timing = {**timing, "submitted": backup.submitted, "finished": backup.finished}
+        return self._decide(result, None, **timing)
 
     def _take_in(self, pending: _Pending) -> None:
         """A finished registration's outcome into ``pending``: the result, or why not."""

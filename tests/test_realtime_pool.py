@@ -389,3 +389,45 @@ def test_workers_fork_from_a_loaded_server_and_a_killed_one_is_replaced_warm():
     assert answers[-1].source == "registration"
     assert len(replacements) == 1 and replacements[0].started_warm
     assert victim not in replacements[0].pids
+
+
+class SlowRegistrationWorker(ManualWorker):
+    """Registrations finish when the test says so; the flow rung answers at once, with the
+    frame's row and candidate "flow"."""
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        if not schedule.flow_only:
+            return super().submit(frame, previous, index, schedule=schedule)
+        future = Future()
+        future.set_result(
+            FrameResult(index=index, mask=row_mask(index), source="registration", candidate="flow")
+        )
+        return future
+
+
+def fast_cost_model(rt):
+    """Every rung predicted to take 1 ms, so the full registration is chosen."""
+    for kind in ("", "recursive", "flow"):
+        for _ in range(3):
+            rt._pacer.cost.observe(1000, 1.0, kind)
+
+
+def test_a_late_registration_is_answered_by_the_flow_rung_on_an_idle_worker():
+    frame = np.zeros(SHAPE, np.float32)
+    with tracker(SlowRegistrationWorker(), workers=2, budget_s=0.03) as rt:
+        fast_cost_model(rt)
+        late = rt.step(frame)
+    assert late.source == "registration" and late.answered_by == 1 and late.candidate == "flow"
+    assert frame_of(late.mask) == 1  # this frame's own answer, not frame 0's
+    assert "not done within 30 ms; the flow rung on another worker answered" in (
+        late.candidate_reason
+    )
+
+
+def test_without_an_idle_worker_a_late_registration_falls_back_to_the_previous_answer():
+    frame = np.zeros(SHAPE, np.float32)
+    with tracker(SlowRegistrationWorker(), workers=1, budget_s=0.03) as rt:
+        fast_cost_model(rt)
+        late = rt.step(frame)
+    assert late.source == "previous" and late.answered_by == 0
+    assert late.reason.startswith("deadline: registration (it1/s1) not done within 30 ms")
