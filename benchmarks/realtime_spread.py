@@ -5,7 +5,8 @@ software, so one run says little. This replays a TrackRAD case (default the real
 ../shared/data/A_005_part1, 8 Hz, manual masks) ``--runs`` times under each ``--budget``,
 budgets alternating run by run so a drift of the machine's load touches all of them, and
 reports the minimum, median and maximum over the runs of the deadline misses, the share of
-frames answered by their own registration ("fresh"), DSC and centre distance, with the
+frames answered by their own map ("fresh": a registration or the flow rung), the share
+answered by elastix itself, DSC and centre distance, with the
 machine, its load average before and after every run and its CPU steal over the runs.
 
 ``--spike`` runs a load generator in each replay: ``--spike-procs`` CPU-bound processes
@@ -45,7 +46,8 @@ BUDGETS = (0.05, 0.1)
 
 
 def _fresh(result) -> bool:
-    """Answered by its own registration (not an earlier frame's answer, nor a fallback)."""
+    """Answered by its own map: a registration or the flow rung (not an earlier frame's
+    answer, nor a fallback)."""
     return result.source == "registration" and result.answered_by == result.index
 
 
