@@ -218,9 +218,17 @@ class CostModel:
             return float(np.mean(ms)), 0.0
         return max(float(intercept), 0.0), float(slope)
 
-    def _spread_fit(self, observations) -> tuple[float, float, float]:
-        """The line and its spread: the ``quantile`` of observed/fitted, at least ``margin``."""
-        intercept, slope = self._fit(observations)
+    def _spread_fit(self, observations, slope=None) -> tuple[float, float, float]:
+        """The line and its spread: the ``quantile`` of observed/fitted, at least ``margin``.
+
+        Observations of a single work give no slope: with ``slope`` (the kind's calibrated
+        one) the line of that slope through their mean, else a line through the origin."""
+        intercept, fitted_slope = self._fit(observations)
+        works = {work for work, _ in observations}
+        if len(works) == 1 and slope:
+            mean_ms = float(np.mean([ms for _, ms in observations]))
+            intercept, fitted_slope = max(mean_ms - slope * works.pop(), 0.0), slope
+        slope = fitted_slope
         observed = np.array(observations, dtype=float)
         fitted = intercept + slope * observed[:, 0]
         spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)
@@ -252,7 +260,10 @@ class CostModel:
         key = (len(recent), observations[-1][0], recent[0])
         cached = self._fits.get(kind)
         if cached is None or cached[0] != key:  # refitted when its observations change
-            cached = self._fits[kind] = key, self._spread_fit(recent)
+            # a window of one rung only (its larger rungs not chosen since): the calibrated slope,
+            # else the line through the origin would predict them too slow to be tried again
+            slope = self._reference_fit(kind)[1] if kind in self._references else None
+            cached = self._fits[kind] = key, self._spread_fit(recent, slope)
         intercept, slope, spread = cached[1]
         return (intercept + slope * work) * spread
 

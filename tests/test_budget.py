@@ -164,3 +164,20 @@ def test_under_a_lasting_load_a_cheaper_rung_answers_before_none_fits():
     chosen_loaded = choose_schedule(budget_ms, works, loaded)
     assert LADDER.index(chosen_loaded) > LADDER.index(chosen_quiet)
     assert loaded.predict(works[chosen_loaded], chosen_loaded.pyramid) <= budget_ms
+
+
+def test_a_window_of_one_rung_keeps_the_calibrated_slope_for_the_larger_rungs():
+    """Only the quarter rung ran lately: the half rung is predicted along the calibrated
+    line moved to today's cost, not 2.9x the quarter rung's time (which would never let the
+    half rung be tried again)."""
+    clock = [0.0]
+    cost = CostModel(margin=1.0, quantile=0.5, window_s=4.0, clock=lambda: clock[0])
+    quarter, half = 3150, 9000
+    for _ in range(4):  # the calibration (a kind's first 8): 20 ms + 1/315 ms a unit
+        cost.observe(quarter, 30.0, "recursive", at=0.0)
+        cost.observe(half, 48.57, "recursive", at=0.0)
+    for k in range(20):  # then 2.5 s of the quarter rung, 2 ms slower than calibrated
+        clock[0] = 2.0 + 0.125 * k
+        cost.observe(quarter, 32.0, "recursive", at=clock[0])
+    assert cost.predict(half, "recursive") == pytest.approx(50.57, abs=0.5)
+    assert cost.predict(half, "recursive") < 32.0 * half / quarter - 30
