@@ -139,3 +139,20 @@ def test_a_missing_extra_is_named_in_one_line_before_anything_runs(
         assert "needs regtrack[report] (jinja2 not installed)" in line
         assert "pip install" in line
     assert not out.exists()
+
+
+def test_the_realtime_summary_tells_flow_answers_from_registrations(tmp_path):
+    from regtrack.cli import latency_summary
+
+    records = [
+        {"index": 0, "source": "given", "latency_ms": 0.0},
+        {"index": 1, "source": "registration", "candidate": "registration", "latency_ms": 40.0},
+        {"index": 2, "source": "registration", "candidate": "flow", "latency_ms": 20.0},
+        {"index": 3, "source": "registration", "candidate": "flow", "latency_ms": 30.0},
+        {"index": 4, "source": "previous", "candidate": "", "latency_ms": 60.0},
+    ]
+    path = tmp_path / "frames.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    line = latency_summary(path, 0.05)
+    assert line.startswith("4 frames, budget 50 ms: latency p50 35 ms")
+    assert "1 deadline misses; answers: 2 flow, 1 previous, 1 registration" in line
