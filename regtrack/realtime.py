@@ -564,11 +564,10 @@ class RealtimeTracker:
         self._collect()  # an earlier frame's registration may have finished meanwhile
         what = "flow" if pending.schedule.flow_only else f"registration ({pending.schedule.name})"
         late = f"deadline: {what} not done within {pending.budget_ms:.0f} ms"
-        backup = self._backup_answer(pending, late, timing)
-        if backup is not None:
-            return backup
-        sam, note = self._sam_answer(pending)
-        answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
+        answer = self._backup_answer(pending, late, timing)
+        if answer is None:
+            sam, note = self._sam_answer(pending)
+            answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
         self._late_by(time.perf_counter() - meant)
         return answer
 
@@ -579,8 +578,11 @@ class RealtimeTracker:
         if backup is None or not backup.future.done():
             return None
         pending.backup, pending.backup_slot.job = None, None
-        if isinstance(backup.future.exception(), BrokenExecutor):
-            self._replace(pending.backup_slot, backup.future.exception(), pending.index)
+        error = backup.future.exception()
+        if isinstance(error, BrokenExecutor):
+            self._replace(pending.backup_slot, error, pending.index)
+        if error is not None:
+            logger.error("frame %d: the backup flow failed: %r", pending.index, error)
             return None
         self._pacer.observe(backup)
         result = backup.future.result()

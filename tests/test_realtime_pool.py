@@ -431,3 +431,24 @@ def test_without_an_idle_worker_a_late_registration_falls_back_to_the_previous_a
         late = rt.step(frame)
     assert late.source == "previous" and late.answered_by == 0
     assert late.reason.startswith("deadline: registration (it1/s1) not done within 30 ms")
+
+
+class FailingFlowWorker(SlowRegistrationWorker):
+    """The flow rung fails: its worker raises."""
+
+    def submit(self, frame, previous, index, *, schedule, return_fields=False):
+        if not schedule.flow_only:
+            return super().submit(frame, previous, index, schedule=schedule)
+        future = Future()
+        future.set_exception(RuntimeError("flow failed"))
+        return future
+
+
+def test_a_failed_backup_leaves_the_late_frame_to_the_previous_answer():
+    frame = np.zeros(SHAPE, np.float32)
+    with tracker(FailingFlowWorker(), workers=2, budget_s=0.03) as rt:
+        fast_cost_model(rt)
+        late = rt.step(frame)
+        assert late.source == "previous" and late.answered_by == 0
+        assert late.reason.startswith("deadline: registration (it1/s1) not done within 30 ms")
+        assert all(slot.job is None or slot.job.index == 1 for slot in rt._slots)
