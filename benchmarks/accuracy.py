@@ -222,7 +222,9 @@ def track_regtrack(name: str):
 def answered_by(result) -> str:
     """Which map answered a frame: "registration", "flow" (the fast tracker's, as fallback or
     as the start alone) or the fallback source ("previous", "sam")."""
-    return result.candidate or result.source
+    from regtrack.engine import answered_with
+
+    return answered_with(result.source, result.candidate)
 
 
 def method_function(name: str):

@@ -53,7 +53,9 @@ def _fresh(result) -> bool:
 
 def _by_elastix(result) -> bool:
     """Fresh, and elastix's map answered (not the flow rung nor the flow candidate)."""
-    return _fresh(result) and result.candidate == "registration"
+    from regtrack.engine import answered_with
+
+    return _fresh(result) and answered_with(result.source, result.candidate) == "registration"
 
 
 def _busy(until: float) -> None:

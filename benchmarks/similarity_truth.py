@@ -40,25 +40,21 @@ from accuracy import find_case_folders, machine, machine_line, real_case
 
 
 def frame_maps(engine, frame, previous):
-    """The start (flow) and the registered map of the box around ``previous``, and the box."""
-    from regtrack.candidates import flow_candidate, grown
-    from regtrack.engine import _START_ROOM_MM, _roi_box, _within
-    from regtrack.flowstart import register_from_start
+    """The start (flow) and the registered map of the box around ``previous``, and the box:
+    the engine's own flow-started registration (``Engine._flow_started``)."""
+    from regtrack.budget import LADDER
+    from regtrack.engine import _roi_box
     from regtrack.gate import centroid_mm
 
-    spacing = np.asarray(engine.spacing_mm)
-    shift = tuple(float(v) for v in engine.first_centroid - centroid_mm(previous, spacing))
-    box = _roi_box(previous, engine.settings.roi_margin_mm, engine.spacing_mm)
-    room = grown(box, frame.shape, np.ceil(_START_ROOM_MM / spacing))
-    flow = flow_candidate(frame, engine.frame0, room, shift, spacing, engine.frame0_range)
-    fixed = engine.extractor(frame) if engine.extractor else frame
-    from regtrack.budget import LADDER
-
-    started = register_from_start(
-        fixed, engine.moving, flow.points, room, box, engine.start_maps[LADDER[0]], spacing
+    shift = tuple(
+        float(v) for v in engine.first_centroid - centroid_mm(previous, engine.spacing_mm)
     )
-    inner = _within(box, room)
-    return flow.points[:, inner[0], inner[1]], started.points, box
+    box = _roi_box(previous, engine.settings.roi_margin_mm, engine.spacing_mm)
+    fixed = engine.extractor(frame) if engine.extractor else frame
+    start, started, why = engine._flow_started(frame, fixed, box, shift, LADDER[0])
+    if started is None:
+        raise RuntimeError(f"the flow-started registration failed: {why}")
+    return start, started.points, box
 
 
 def score(engine, frame, truth, points, box) -> tuple[float, float]:

@@ -223,12 +223,12 @@ class CostModel:
 
         Observations of a single work give no slope: with ``slope`` (the kind's calibrated
         one) the line of that slope through their mean, else a line through the origin."""
-        intercept, fitted_slope = self._fit(observations)
         works = {work for work, _ in observations}
         if len(works) == 1 and slope:
             mean_ms = float(np.mean([ms for _, ms in observations]))
-            intercept, fitted_slope = max(mean_ms - slope * works.pop(), 0.0), slope
-        slope = fitted_slope
+            intercept = max(mean_ms - slope * works.pop(), 0.0)
+        else:
+            intercept, slope = self._fit(observations)
         observed = np.array(observations, dtype=float)
         fitted = intercept + slope * observed[:, 0]
         spread = np.quantile(observed[:, 1] / np.maximum(fitted, 1e-6), self.quantile)

@@ -472,11 +472,12 @@ def latency_summary(records_path: Path, budget_s: float) -> str:
     """Latency percentiles, misses and answer sources of a run's frames.jsonl, as text."""
     import numpy as np
 
+    from .engine import answered_with
     from .runfolder import read_records
 
     records = read_records(records_path)[1:]
     latency = np.array([r["latency_ms"] for r in records], float)
-    kinds = [_answered_with(r) for r in records]
+    kinds = [answered_with(r["source"], r.get("candidate", "")) for r in records]
     sources = {kind: kinds.count(kind) for kind in set(kinds)}
     p50, p95, p99 = np.percentile(latency, [50, 95, 99])
     misses = int((latency > budget_s * 1e3).sum())
@@ -486,14 +487,6 @@ def latency_summary(records_path: Path, budget_s: float) -> str:
         f"{misses} deadline misses; answers: "
         + ", ".join(f"{n} {s}" for s, n in sorted(sources.items()))
     )
-
-
-def _answered_with(record: dict) -> str:
-    """What answered a frame: "registration" (elastix's map), "flow" (the fast tracker's: the
-    flow candidate or the flow rung), or the fallback's source ("previous", "sam")."""
-    if record["source"] == "registration" and record.get("candidate") == "flow":
-        return "flow"
-    return record["source"]
 
 
 def _add_trackrad(commands) -> None:

@@ -47,7 +47,14 @@ from .transform import mapped_points
 
 METHODS = ("registration", "sam", "hybrid")
 
-__all__ = ["METHODS", "Engine", "FrameResult", "TrackerSettings", "flatten_intensity"]
+__all__ = [
+    "METHODS",
+    "Engine",
+    "FrameResult",
+    "TrackerSettings",
+    "answered_with",
+    "flatten_intensity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +240,13 @@ class FrameResult:
         return values
 
 
+def answered_with(source: str, candidate: str) -> str:
+    """What answered a frame, from its record's ``source`` and ``candidate``: "registration"
+    (elastix's map), "flow" (the fast tracker's: the flow candidate or the flow rung) or the
+    fallback's source ("previous", "sam")."""
+    return "flow" if source == "registration" and candidate == "flow" else source
+
+
 def _roi_box(mask: np.ndarray, margin_mm: float, spacing_mm) -> tuple[slice, slice]:
     """The mask's bounding box grown by ``margin_mm`` on every side, clipped to the frame."""
     margin = np.ceil(margin_mm / np.asarray(spacing_mm)).astype(int)
@@ -381,7 +395,7 @@ class Engine:
         if not has_signal(frame[box or (slice(None), slice(None))]):
             reason = "frame has no signal (constant) in the target's neighbourhood"
             return _fallback(previous, reason, start, **common)
-        if schedule.flow_only and not return_fields:
+        if schedule.flow_only:
             return self._track_by_flow(frame, previous, box, shift, start, common)
         # Started from the flow, the translation-started registration is not needed (fields,
         # which map the whole frame, and the lean rungs, which skip the flow, still take it).
@@ -467,45 +481,43 @@ class Engine:
     def _track_from_flow(self, frame, fixed, previous, box, shift, schedule, start, common):
         """The fast tracker's map starts the registration; the flow answers if it fails."""
         box = box or (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
+        flow_points, started, reason = self._flow_started(frame, fixed, box, shift, schedule)
+        if started is not None:
+            registration = started.registration
+            mask, reason = self._answer(started.points, box, previous, registration)
+            if mask is not None:
+                return FrameResult(
+                    mask=mask,
+                    source="registration",
+                    metric_value=registration.metric_value,
+                    iterations=registration.iterations,
+                    registration_ms=registration.elapsed_ms,
+                    elapsed_ms=(time.perf_counter() - start) * 1e3,
+                    candidate="registration",
+                    **common,
+                )
+        return self._answer_by_flow(
+            flow_points, box, previous, reason, f"{reason}; the flow too: ", start, common
+        )
+
+    def _flow_started(self, frame, fixed, box, shift, schedule):
+        """The fast tracker's map of ``box`` (frame-0 positions, mm) and the registration
+        started from it: (map, started, "") or, with ``start_only`` or when elastix fails,
+        (map, None, why)."""
         room = grown(box, frame.shape, np.ceil(_START_ROOM_MM / np.asarray(self.spacing_mm)))
         flow = flow_candidate(frame, self.frame0, room, shift, self.spacing_mm, self.frame0_range)
-        reason, result = "start only (start_only=True)", None
-        if not self.settings.start_only:
-            try:
-                started = register_from_start(
-                    fixed,
-                    self.moving,
-                    flow.points,
-                    room,
-                    box,
-                    self.start_maps[schedule],
-                    self.spacing_mm,
-                )
-            except RegistrationError as error:
-                reason = str(error)
-            else:
-                result, reason = self._answer(started.points, box, previous, started.registration)
-        if result is None:
-            inner = _within(box, room)
-            result, flow_reason = self._answer(flow.points[:, inner[0], inner[1]], box, previous)
-            if flow_reason:
-                return _fallback(
-                    previous, f"{reason}; the flow too: {flow_reason}", start, **common
-                )
-            registration = None
-        else:
-            registration = started.registration
-        return FrameResult(
-            mask=result,
-            source="registration",
-            metric_value=registration.metric_value if registration else float("nan"),
-            iterations=registration.iterations if registration else 0,
-            registration_ms=registration.elapsed_ms if registration else 0.0,
-            elapsed_ms=(time.perf_counter() - start) * 1e3,
-            candidate="registration" if registration else "flow",
-            candidate_reason="" if registration else reason,
-            **common,
-        )
+        inner = _within(box, room)
+        flow_points = flow.points[:, inner[0], inner[1]]
+        if self.settings.start_only:
+            return flow_points, None, "start only (start_only=True)"
+        maps = self.start_maps[schedule]
+        try:
+            started = register_from_start(
+                fixed, self.moving, flow.points, room, box, maps, self.spacing_mm
+            )
+        except RegistrationError as error:
+            return flow_points, None, str(error)
+        return flow_points, started, ""
 
     def _track_by_flow(self, frame, previous, box, shift, start, common):
         """The flow rung: the fast tracker's map at half resolution answers alone."""
@@ -513,9 +525,15 @@ class Engine:
         flow = flow_candidate(
             frame, self.frame0, box, shift, self.spacing_mm, self.frame0_range, finest_scale=1
         )
-        mask, reason = self._answer(flow.points, box, previous)
+        why = "flow rung: no registration fits the budget"
+        return self._answer_by_flow(flow.points, box, previous, why, "flow rung: ", start, common)
+
+    def _answer_by_flow(self, points, box, previous, why, refused, start, common):
+        """The flow's map of ``box`` answers (``why``: the ``candidate_reason``); if the gate
+        refuses it, the previous mask, the gate's reason after ``refused``."""
+        mask, reason = self._answer(points, box, previous)
         if reason:
-            return _fallback(previous, f"flow rung: {reason}", start, **common)
+            return _fallback(previous, f"{refused}{reason}", start, **common)
         return FrameResult(
             mask=mask,
             source="registration",
@@ -524,7 +542,7 @@ class Engine:
             registration_ms=0.0,
             elapsed_ms=(time.perf_counter() - start) * 1e3,
             candidate="flow",
-            candidate_reason="flow rung: no registration fits the budget",
+            candidate_reason=why,
             **common,
         )
 

@@ -393,15 +393,24 @@ def test_workers_fork_from_a_loaded_server_and_a_killed_one_is_replaced_warm():
 
 class SlowRegistrationWorker(ManualWorker):
     """Registrations finish when the test says so; the flow rung answers at once, with the
-    frame's row and candidate "flow"."""
+    frame's row and candidate "flow", or raises ``flow_error`` when given."""
+
+    def __init__(self, flow_error=None):
+        super().__init__()
+        self.flow_error = flow_error
 
     def submit(self, frame, previous, index, *, schedule, return_fields=False):
         if not schedule.flow_only:
             return super().submit(frame, previous, index, schedule=schedule)
         future = Future()
-        future.set_result(
-            FrameResult(index=index, mask=row_mask(index), source="registration", candidate="flow")
-        )
+        if self.flow_error is not None:
+            future.set_exception(self.flow_error)
+        else:
+            future.set_result(
+                FrameResult(
+                    index=index, mask=row_mask(index), source="registration", candidate="flow"
+                )
+            )
         return future
 
 
@@ -433,20 +442,10 @@ def test_without_an_idle_worker_a_late_registration_falls_back_to_the_previous_a
     assert late.reason.startswith("deadline: registration (it1/s1) not done within 30 ms")
 
 
-class FailingFlowWorker(SlowRegistrationWorker):
-    """The flow rung fails: its worker raises."""
-
-    def submit(self, frame, previous, index, *, schedule, return_fields=False):
-        if not schedule.flow_only:
-            return super().submit(frame, previous, index, schedule=schedule)
-        future = Future()
-        future.set_exception(RuntimeError("flow failed"))
-        return future
-
-
 def test_a_failed_backup_leaves_the_late_frame_to_the_previous_answer():
     frame = np.zeros(SHAPE, np.float32)
-    with tracker(FailingFlowWorker(), workers=2, budget_s=0.03) as rt:
+    worker = SlowRegistrationWorker(flow_error=RuntimeError("flow failed"))
+    with tracker(worker, workers=2, budget_s=0.03) as rt:
         fast_cost_model(rt)
         late = rt.step(frame)
         assert late.source == "previous" and late.answered_by == 0
