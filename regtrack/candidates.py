@@ -29,7 +29,15 @@ import numpy as np
 
 from .refine import sample
 
-__all__ = ["Candidate", "Choice", "choose_candidate", "flow_candidate", "grown"]
+__all__ = [
+    "Candidate",
+    "Choice",
+    "choose_candidate",
+    "dis_flow",
+    "flow_candidate",
+    "flow_context",
+    "grown",
+]
 
 _FLOW_PRESET = "MEDIUM"
 # The preset's flow stops at half resolution; at full resolution it follows fine motion better
@@ -65,22 +73,33 @@ def flow_candidate(
     kept at ``part``; both 8-bit over frame 0's ``value_range``, the input the flow peer is
     given, so drifting grey values are left as they are. ``finest_scale`` 1 stops the flow at
     half resolution (a third of the cost, for the real-time flow rung)."""
-    import cv2
-
     spacing = np.asarray(spacing_mm, float)[:, None, None]
-    context = grown(part, frame.shape, _FLOW_CONTEXT_MM / spacing[:, 0, 0])
+    context = flow_context(part, frame.shape, spacing_mm)
     rows, cols = np.indices(frame.shape, dtype=np.float64)
     start = np.stack([rows[context], cols[context]])
     start += np.asarray(shift_mm, float)[:, None, None] / spacing
     moved0 = sample(frame0, start)
-    dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{_FLOW_PRESET}"))
-    dis.setFinestScale(finest_scale)
-    flow_xy = dis.calc(_to_uint8(frame[context], value_range), _to_uint8(moved0, value_range), None)
-    flow_rc = flow_xy.transpose(2, 0, 1)[::-1].astype(np.float64)
+    flow_rc = dis_flow(frame[context], moved0, value_range, finest_scale)
     inner = tuple(
         slice(p.start - c.start, p.stop - c.start) for p, c in zip(part, context, strict=True)
     )
     return Candidate("flow", ((start + flow_rc) * spacing)[:, inner[0], inner[1]])
+
+
+def dis_flow(first, second, value_range, finest_scale=_FLOW_FINEST_SCALE) -> np.ndarray:
+    """DIS flow (2, H, W), (row, col) pixels, with ``first(x) ~ second(x + flow(x))``; both
+    images 8-bit over ``value_range``."""
+    import cv2
+
+    dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{_FLOW_PRESET}"))
+    dis.setFinestScale(finest_scale)
+    flow_xy = dis.calc(_to_uint8(first, value_range), _to_uint8(second, value_range), None)
+    return flow_xy.transpose(2, 0, 1)[::-1].astype(np.float64)
+
+
+def flow_context(part, shape, spacing_mm) -> tuple[slice, slice]:
+    """``part`` with the context the flow's coarse levels need around it."""
+    return grown(part, shape, _FLOW_CONTEXT_MM / np.asarray(spacing_mm, float))
 
 
 def grown(part, shape, margin_px) -> tuple[slice, slice]:

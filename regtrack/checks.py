@@ -99,6 +99,7 @@ def has_signal(image: np.ndarray) -> bool:
 
 #: Where a registration may start (TrackerSettings.start).
 START_KINDS = ("translation", "flow")
+REFERENCE_KINDS = ("average", "first")
 
 #: Settings that are lengths or areas: (field, CLI flag, zero allowed).
 _SIZES = (
@@ -142,6 +143,12 @@ def check_tracker_settings(settings) -> None:
         )
     if settings.start_only and settings.start != "flow":
         raise ValueError("start_only=True answers with the flow's start: set start='flow' too")
+    if settings.reference not in REFERENCE_KINDS:
+        raise ValueError(
+            f"reference must be one of {REFERENCE_KINDS}, got {settings.reference!r}: 'average' "
+            "maps frames onto frame 0 averaged with the frames tracked so far, 'first' onto "
+            "frame 0 alone"
+        )
     check_parameter_names(list(settings.overrides))
     check_parameter_values(settings.overrides)
     check_preset_values(settings.preset, settings.overrides)

@@ -13,14 +13,21 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from . import itk_elastix
 from .budget import LADDER, Schedule, check_budget, scaled_maps
-from .candidates import Candidate, Choice, choose_candidate, flow_candidate, grown
+from .candidates import (
+    Candidate,
+    Choice,
+    choose_candidate,
+    flow_candidate,
+    flow_context,
+    grown,
+)
 from .checks import check_tracker_settings, has_signal
 from .features import (
     NATIVE_IMPACT_MISSING,
@@ -34,6 +41,7 @@ from .flowstart import register_from_start
 from .gate import centroid_mm, folded_fraction, registration_gate
 from .intensity import flatten_intensity
 from .parameters import DEFAULT_PRESET, load_parameter_maps
+from .reference import Reference
 from .refine import refine_points
 from .registration import (
     RegistrationError,
@@ -117,6 +125,12 @@ class TrackerSettings:
     start_only : bool
         With ``start="flow"``: answer with the start alone, no registration (the fast
         tracker's own accuracy, the baseline the registration has to beat).
+    reference : {"average", "first"}
+        What the flow (the flow candidate, the flow start, the flow rung) and the refinement
+        map each frame onto. "first": frame 0. "average": frame 0 averaged with the frames
+        answered so far while the motion is fine, each pulled back onto frame 0 by DIS flow
+        from frame 0 (:mod:`regtrack.reference`): it cuts the noise of frame 0 that every
+        answer otherwise inherits. The registration itself and the mask stay on frame 0.
     min_area_ratio, max_area_ratio : float
         Quality gate: a registered mask whose area leaves this range relative to the previous
         frame's answer is rejected and the previous mask kept (through-plane motion changes
@@ -170,6 +184,7 @@ class TrackerSettings:
     flow_max_shift_mm: float = 15.0
     start: str = "translation"
     start_only: bool = False
+    reference: str = "average"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -301,6 +316,15 @@ class Engine:
     step_sizes: dict  # ASGD's estimates on frame 0, fixed for every frame ({}: estimated per frame)
     moving_box: tuple[slice, slice] | None = None  # the part of frame 0 elastix is given
     start_maps: dict | None = None  # Schedule -> maps of the registration started by the flow
+    reference: Reference | None = None  # the flow's reference, averaged over the frames
+
+    def flow_reference(self, shift_mm) -> np.ndarray:
+        """What the flow and the refinement map a frame onto: frame 0, or, while the motion
+        is fine (the translation carry ``shift_mm`` within ``flow_max_shift_mm``), its
+        average with the frames tracked so far (``TrackerSettings.reference``): the average
+        is built from such frames, and after a jump frame 0 stays as it is."""
+        fine = np.hypot(*shift_mm) <= self.settings.flow_max_shift_mm
+        return self.reference.image if self.reference is not None and fine else self.frame0
 
     @property
     def check_folds(self) -> bool:
@@ -348,6 +372,11 @@ class Engine:
                 for schedule in LADDER
                 if not schedule.flow_only
             }
+        reference = None
+        if settings.reference == "average":
+            region = flow_context(box or (slice(None), slice(None)), frame0.shape, spacing_mm)
+            value_range = (float(frame0.min()), float(frame0.max()))
+            reference = Reference(frame0, region, value_range, spacing_mm)
         return cls(
             parameter_maps={schedule: maps for schedule, (maps, _) in scaled.items()},
             works={schedule: work for schedule, (_, work) in scaled.items()},
@@ -363,16 +392,30 @@ class Engine:
             step_sizes=step_sizes if settings.calibrate_step_sizes else {},
             moving_box=moving_box,
             start_maps=start_maps,
+            reference=reference,
         )
 
     def track_frame(
         self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
     ) -> FrameResult:
-        """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask."""
+        """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask.
+        A frame answered while the motion is fine is then averaged into the flow's reference
+        (:mod:`.reference`)."""
         if schedule.flow_only and return_fields:  # a field is the registration's: its smallest
             schedule = LADDER[-2]
         start = time.perf_counter()
         frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
+        result = self._track(frame, previous, index, schedule, return_fields, start)
+        if self.reference is None or result.source != "registration" or index == 0:
+            return result
+        shift = self.first_centroid - centroid_mm(result.mask, self.spacing_mm)
+        # Lean rungs (a tight budget) skip the work; after a jump frame 0 stays as it is.
+        if schedule.flow_candidate and np.hypot(*shift) <= self.settings.flow_max_shift_mm:
+            self.reference.add(frame, shift)
+            result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
+        return result
+
+    def _track(self, frame, previous, index, schedule, return_fields, start) -> FrameResult:
         features_start = time.perf_counter()
         fixed = self.extractor(frame) if self.extractor else frame
         feature_ms = (time.perf_counter() - features_start) * 1e3 if self.extractor else 0.0
@@ -441,7 +484,10 @@ class Engine:
             passed_over = f"target {np.hypot(*shift):.0f} mm from frame 0"
         if points is not None and self.settings.refine_flow and candidate == "registration":
             refinement = refine_points(
-                frame[near], self.frame0, points[:, local[0], local[1]], self.spacing_mm
+                frame[near],
+                self.flow_reference(shift),
+                points[:, local[0], local[1]],
+                self.spacing_mm,
             )
             points[:, local[0], local[1]], refined = refinement.points, refinement.accepted
         if points is None:
@@ -505,7 +551,9 @@ class Engine:
         started from it: (map, started, "") or, with ``start_only`` or when elastix fails,
         (map, None, why)."""
         room = grown(box, frame.shape, np.ceil(_START_ROOM_MM / np.asarray(self.spacing_mm)))
-        flow = flow_candidate(frame, self.frame0, room, shift, self.spacing_mm, self.frame0_range)
+        flow = flow_candidate(
+            frame, self.flow_reference(shift), room, shift, self.spacing_mm, self.frame0_range
+        )
         inner = _within(box, room)
         flow_points = flow.points[:, inner[0], inner[1]]
         if self.settings.start_only:
@@ -523,7 +571,13 @@ class Engine:
         """The flow rung: the fast tracker's map at half resolution answers alone."""
         box = box or (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
         flow = flow_candidate(
-            frame, self.frame0, box, shift, self.spacing_mm, self.frame0_range, finest_scale=1
+            frame,
+            self.flow_reference(shift),
+            box,
+            shift,
+            self.spacing_mm,
+            self.frame0_range,
+            finest_scale=1,
         )
         why = "flow rung: no registration fits the budget"
         return self._answer_by_flow(flow.points, box, previous, why, "flow rung: ", start, common)
@@ -556,7 +610,9 @@ class Engine:
 
     def _choose(self, frame, near, registered, shift) -> Choice:
         """The registration's map of the ``near`` part or the flow's (:mod:`.candidates`)."""
-        flow = flow_candidate(frame, self.frame0, near, shift, self.spacing_mm, self.frame0_range)
+        flow = flow_candidate(
+            frame, self.flow_reference(shift), near, shift, self.spacing_mm, self.frame0_range
+        )
         registration = Candidate("registration", registered)
         return choose_candidate(
             registration,
