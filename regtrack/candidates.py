@@ -11,6 +11,9 @@ neighbourhood (frame-t pixel -> frame-0 position):
   neighbourhood plus some context, started from the translation that carries the previous
   answer back to frame 0.
 
+"Frame 0" for the flow is the engine's reference (:mod:`.reference`): frame 0 averaged with
+the frames answered so far, which removes frame 0's own noise from every answer.
+
 The flow answers while the motion is fine: the target is within ``max_shift_mm`` of where it
 was in frame 0 and the flow's target lands within ``agree_mm`` of the registration's.
 Otherwise the registration answers. Measured on the development data (whole-frame flow at
