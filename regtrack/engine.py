@@ -409,8 +409,10 @@ class Engine:
         if self.reference is None or result.source != "registration" or index == 0:
             return result
         shift = self.first_centroid - centroid_mm(result.mask, self.spacing_mm)
-        # Lean rungs (a tight budget) skip the work; after a jump frame 0 stays as it is.
-        if schedule.flow_candidate and np.hypot(*shift) <= self.settings.flow_max_shift_mm:
+        # The lean rungs and the flow rung (a tight budget) skip the work: it costs as much as
+        # the flow rung itself. After a jump frame 0 stays as it is.
+        full = schedule.flow_candidate and not schedule.flow_only
+        if full and np.hypot(*shift) <= self.settings.flow_max_shift_mm:
             self.reference.add(frame, shift)
             result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
         return result

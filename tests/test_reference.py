@@ -5,6 +5,7 @@ import pytest
 from conftest import disk, textured_canvas
 from scipy import ndimage
 
+from regtrack.budget import FLOW_RUNG, LADDER
 from regtrack.engine import Engine, TrackerSettings
 from regtrack.reference import Reference
 
@@ -65,6 +66,9 @@ def test_engine_averages_answered_frames_of_fine_motion_only():
         assert result.source == "registration"
     assert engine.reference.frames == 2
     engine.track_frame(frames[3], masks[3], 3)
+    assert engine.reference.frames == 2
+    for rung in (LADDER[2], FLOW_RUNG):  # a tight budget's rungs leave the average alone
+        assert engine.track_frame(frames[1], masks[0], 1, schedule=rung).source == "registration"
     assert engine.reference.frames == 2
     first = Engine.build(frames[0], masks[0], TrackerSettings(reference="first"), SPACING)
     assert first.reference is None
