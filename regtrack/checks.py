@@ -98,7 +98,7 @@ def has_signal(image: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- settings
 
 #: Where a registration may start (TrackerSettings.start).
-START_KINDS = ("translation", "flow")
+START_KINDS = ("translation", "flow", "auto")
 REFERENCE_KINDS = ("average", "first")
 
 #: Settings that are lengths or areas: (field, CLI flag, zero allowed).
@@ -139,7 +139,7 @@ def check_tracker_settings(settings) -> None:
         raise ValueError(
             f"start must be one of {START_KINDS}, got {settings.start!r}: 'translation' starts "
             "each registration from the previous answer's shift, 'flow' from the fast "
-            "tracker's dense map"
+            "tracker's dense map, 'auto' from the dense map while the motion is fine"
         )
     if settings.start_only and settings.start != "flow":
         raise ValueError("start_only=True answers with the flow's start: set start='flow' too")

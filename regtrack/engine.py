@@ -114,14 +114,17 @@ class TrackerSettings:
         the target's frame-0 place and the flow's target within ``candidate_agree_mm`` of the
         registration's: flow straight to frame 0 loses the target after a jump without
         telling.
-    start : {"translation", "flow"}
-        Where each frame's registration starts. "translation": the shift that carries the
-        previous answer back to frame 0, then the preset's whole pyramid (and the flow
-        candidate and refinement above). "flow": the fast tracker's dense map of the target's
-        neighbourhood (DIS flow from frame t to frame 0, started from that shift,
-        :mod:`regtrack.flowstart`); frame 0 pulled back by it is the moving image, and the
-        preset's finest level corrects it. A frame whose started registration fails or fails
-        its gate is answered by the flow itself, with the reason (``candidate_reason``).
+    start : {"auto", "translation", "flow"}
+        Where each frame's registration starts. "flow": the fast tracker's dense map of the
+        target's neighbourhood (DIS flow from frame t to the reference, started from the
+        shift below, :mod:`regtrack.flowstart`); the reference pulled back by it is the
+        moving image, and the preset's finest level corrects it. A frame whose started
+        registration fails or fails its gate is answered by the flow itself, with the reason
+        (``candidate_reason``). "translation": the shift that carries the previous answer
+        back to frame 0, then the preset's whole pyramid (and the flow candidate and
+        refinement above). "auto" (default): "flow" while the motion is fine (the previous
+        answer within ``flow_max_shift_mm`` of the target's frame-0 place), "translation"
+        after a jump, where the whole pyramid's capture range is needed.
     start_only : bool
         With ``start="flow"``: answer with the start alone, no registration (the fast
         tracker's own accuracy, the baseline the registration has to beat).
@@ -182,7 +185,7 @@ class TrackerSettings:
     flow_candidate: bool = True
     candidate_agree_mm: float = 3.0
     flow_max_shift_mm: float = 15.0
-    start: str = "translation"
+    start: str = "auto"
     start_only: bool = False
     reference: str = "average"
 
@@ -317,14 +320,33 @@ class Engine:
     moving_box: tuple[slice, slice] | None = None  # the part of frame 0 elastix is given
     start_maps: dict | None = None  # Schedule -> maps of the registration started by the flow
     reference: Reference | None = None  # the flow's reference, averaged over the frames
+    _features: dict = field(default_factory=dict, repr=False)  # the reference's, while current
 
     def flow_reference(self, shift_mm) -> np.ndarray:
         """What the flow and the refinement map a frame onto: frame 0, or, while the motion
         is fine (the translation carry ``shift_mm`` within ``flow_max_shift_mm``), its
         average with the frames tracked so far (``TrackerSettings.reference``): the average
         is built from such frames, and after a jump frame 0 stays as it is."""
-        fine = np.hypot(*shift_mm) <= self.settings.flow_max_shift_mm
-        return self.reference.image if self.reference is not None and fine else self.frame0
+        averaged = self.reference is not None and self.fine(shift_mm)
+        return self.reference.image if averaged else self.frame0
+
+    def fine(self, shift_mm) -> bool:
+        """The motion is fine: the target lies within ``flow_max_shift_mm`` of its frame-0
+        place (``shift_mm``: the translation that carries it back there)."""
+        return bool(np.hypot(*shift_mm) <= self.settings.flow_max_shift_mm)
+
+    def started_moving(self, shift_mm):
+        """Elastix's moving image for a registration started from the flow: frame 0 (or its
+        features), or, where the flow maps onto the averaged reference, the reference: the
+        start and the registration then see the same, less noisy, frame 0."""
+        if self.reference is None or not self.reference.frames or not self.fine(shift_mm):
+            return self.moving
+        image = self.reference.image
+        if self.extractor is None:
+            return image
+        if self._features.get("frames") != self.reference.frames:
+            self._features.update(frames=self.reference.frames, moving=self.extractor(image))
+        return self._features["moving"]
 
     @property
     def check_folds(self) -> bool:
@@ -360,7 +382,7 @@ class Engine:
             for schedule in LADDER
         }
         start_maps = None
-        if settings.start == "flow":
+        if settings.start in ("flow", "auto"):
             started = finest_level(load_parameter_maps(settings.preset, settings.overrides))
             if extractor:
                 started = expand_for_channels(started, extractor.weights)
@@ -412,7 +434,7 @@ class Engine:
         # The lean rungs and the flow rung (a tight budget) skip the work: it costs as much as
         # the flow rung itself. After a jump frame 0 stays as it is.
         full = schedule.flow_candidate and not schedule.flow_only
-        if full and np.hypot(*shift) <= self.settings.flow_max_shift_mm:
+        if full and self.fine(shift):
             self.reference.add(frame, shift)
             result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
         return result
@@ -443,8 +465,10 @@ class Engine:
         if schedule.flow_only:
             return self._track_by_flow(frame, previous, box, shift, start, common)
         # Started from the flow, the translation-started registration is not needed (fields,
-        # which map the whole frame, and the lean rungs, which skip the flow, still take it).
-        if self.start_maps is not None and schedule.flow_candidate and not return_fields:
+        # which map the whole frame, and the lean rungs, which skip the flow, still take it;
+        # start "auto" starts from the flow only while the motion is fine).
+        started = self.start_maps is not None and schedule.flow_candidate and not return_fields
+        if started and (self.settings.start == "flow" or self.fine(shift)):
             common["start"] = "flow"
             return self._track_from_flow(
                 frame, fixed, previous, box, shift, schedule, start, common
@@ -471,7 +495,7 @@ class Engine:
         refined, candidate, passed_over = False, "registration", ""
         near = box or _roi_box(previous, self.settings.roi_margin_mm, self.spacing_mm)
         local = _within(near, area)
-        fine = float(np.hypot(*shift)) <= self.settings.flow_max_shift_mm
+        fine = self.fine(shift)
         lean = not schedule.flow_candidate  # a small rung under a tight budget: no second map
         if points is not None and self.settings.flow_candidate and lean:
             passed_over = f"no flow on schedule {schedule.name}"
@@ -562,8 +586,9 @@ class Engine:
             return flow_points, None, "start only (start_only=True)"
         maps = self.start_maps[schedule]
         try:
+            moving = self.started_moving(shift)
             started = register_from_start(
-                fixed, self.moving, flow.points, room, box, maps, self.spacing_mm
+                fixed, moving, flow.points, room, box, maps, self.spacing_mm
             )
         except RegistrationError as error:
             return flow_points, None, str(error)
@@ -733,14 +758,14 @@ def _within(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[sli
     )
 
 
-def _fallback(previous, reason: str, start: float, **common) -> FrameResult:
+def _fallback(previous, reason: str, began: float, **common) -> FrameResult:
     warnings.warn(
         f"frame {common['index']}: {reason}; kept the previous frame's mask.",
         RuntimeWarning,
         stacklevel=4,
     )
     logger.info("frame %d falls back to the previous mask: %s", common["index"], reason)
-    elapsed_ms = (time.perf_counter() - start) * 1e3
+    elapsed_ms = (time.perf_counter() - began) * 1e3
     return FrameResult(
         mask=previous, source="previous", reason=reason, elapsed_ms=elapsed_ms, **common
     )

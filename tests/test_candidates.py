@@ -88,7 +88,9 @@ def test_frames_record_which_candidate_answered():
     from regtrack.engine import Engine, TrackerSettings
 
     frame0, frame_t, mask0, _ = _pair((2, -3))
-    settings = TrackerSettings(overrides={"MaximumNumberOfIterations": [5, 5, 5]})
+    settings = TrackerSettings(
+        start="translation", overrides={"MaximumNumberOfIterations": [5, 5, 5]}
+    )
     engine = Engine.build(frame0, mask0, settings, SPACING)
     record = engine.track_frame(frame_t, mask0, 1).record()
     assert record["candidate"] in ("registration", "flow")

@@ -81,6 +81,22 @@ def test_frames_record_the_start_and_who_answered(phantom):
     assert all(r.record()["start"] == "flow" for r in results)
 
 
+def test_auto_starts_from_the_flow_while_the_motion_is_fine_and_from_the_shift_after(
+    jump_sequence,
+):
+    frames, truth = jump_sequence  # the target jumps 20 px (mm) within 4 frames and stays
+    results = list(iter_track(frames, truth[0], start=1))  # start="auto", the default
+    far = [
+        np.hypot(*np.subtract(ndimage.center_of_mass(a), ndimage.center_of_mass(truth[0]))) > 15
+        for a in truth[:-1]
+    ]  # where each frame's registration starts from: the answer a frame ago
+    assert [r.start for r in results] == ["translation" if f else "flow" for f in far]
+    assert all(r.source == "registration" and r.iterations > 0 for r in results)
+    for result, expected in zip(results, truth[1:], strict=True):
+        error = np.subtract(ndimage.center_of_mass(result.mask), ndimage.center_of_mass(expected))
+        assert np.hypot(*error) < 0.5
+
+
 def test_start_only_answers_with_the_flow_and_says_so(phantom):
     settings = TrackerSettings(start="flow", start_only=True)
     results = list(iter_track(phantom.frames, phantom.first_mask, settings=settings, start=1))

@@ -66,6 +66,7 @@ def test_rejected_registration_falls_back_to_previous_mask(translated):
         results = list(iter_track(frames, truth[0], settings=settings))
     assert [r.source for r in results] == ["given", "previous", "previous"]
     assert "area" in results[2].reason
+    assert "the flow too" in results[2].reason  # started from the flow, which failed as well
     np.testing.assert_array_equal(results[2].mask, truth[0].astype(bool))
 
 
