@@ -141,8 +141,10 @@ def check_tracker_settings(settings) -> None:
             "each registration from the previous answer's shift, 'flow' from the fast "
             "tracker's dense map, 'auto' from the dense map while the motion is fine"
         )
-    if settings.start_only and settings.start != "flow":
-        raise ValueError("start_only=True answers with the flow's start: set start='flow' too")
+    if settings.start_only and settings.start == "translation":
+        raise ValueError(
+            "start_only=True answers with the flow's start: set start='flow' (or 'auto') too"
+        )
     if settings.reference not in REFERENCE_KINDS:
         raise ValueError(
             f"reference must be one of {REFERENCE_KINDS}, got {settings.reference!r}: 'average' "

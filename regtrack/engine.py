@@ -126,8 +126,9 @@ class TrackerSettings:
         answer within ``flow_max_shift_mm`` of the target's frame-0 place), "translation"
         after a jump, where the whole pyramid's capture range is needed.
     start_only : bool
-        With ``start="flow"``: answer with the start alone, no registration (the fast
-        tracker's own accuracy, the baseline the registration has to beat).
+        Answer with the flow's start alone, no registration, wherever the registration would
+        have started from it (with ``start="flow"`` or ``"auto"``): the fast tracker's own
+        accuracy, the baseline the registration has to beat.
     reference : {"average", "first"}
         What the flow (the flow candidate, the flow start, the flow rung) and the refinement
         map each frame onto. "first": frame 0. "average": frame 0 averaged with the frames

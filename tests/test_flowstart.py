@@ -109,7 +109,7 @@ def test_start_only_answers_with_the_flow_and_says_so(phantom):
     ("settings", "message"),
     [
         ({"start": "sam"}, "start must be one of"),
-        ({"start_only": True}, "set start='flow'"),
+        ({"start": "translation", "start_only": True}, "set start='flow'"),
     ],
 )
 def test_bad_start_settings_are_refused(settings, message):
