@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .candidates import dis_flow
 from .refine import sample
 
 __all__ = ["Reference"]
@@ -54,8 +55,6 @@ class Reference:
     def add(self, frame, shift_mm) -> None:
         """Average ``frame`` in; ``shift_mm`` (row, col) carries its answer back to frame 0
         (frame-0 centroid minus the answer's), the flow's start."""
-        from .candidates import dis_flow
-
         rows, cols = np.indices(self._frame0.shape, dtype=np.float64)
         at = np.stack([rows[self._region], cols[self._region]])
         at -= np.asarray(shift_mm, float)[:, None, None] / self._spacing
