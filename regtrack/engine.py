@@ -436,9 +436,13 @@ class Engine:
         # the flow rung itself. After a jump frame 0 stays as it is.
         full = schedule.flow_candidate and not schedule.flow_only
         if full and self.fine(shift):
-            self.reference.add(frame, shift)
+            self._average_in(frame, shift)
             result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
         return result
+
+    def _average_in(self, frame, shift_mm) -> None:
+        """An answered frame joins the flow's reference (its own stage in ``stages_ms``)."""
+        self.reference.add(frame, shift_mm)
 
     def _track(self, frame, previous, index, schedule, return_fields, start) -> FrameResult:
         features_start = time.perf_counter()

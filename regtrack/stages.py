@@ -2,7 +2,8 @@
 
 A registration worker times its own stages (:func:`track_timed`): the intensity
 preprocessing, the feature maps, elastix (``registration``), the flow candidate (``flow``),
-the refinement, the warp of mask(0) (mapping the transform to points and pulling the mask
+the refinement, the answered frame averaged into the flow's reference (``reference``), the
+warp of mask(0) (mapping the transform to points and pulling the mask
 back), and ``other`` (crop, gate, centroids: the rest of the worker's call). It also returns
 when its call began and ended, on the machine-wide monotonic clock that
 ``time.perf_counter()`` reads in every process on Linux, so the streaming tracker adds the
@@ -38,6 +39,7 @@ STAGES = (
     "registration",
     "flow",
     "refinement",
+    "reference",
     "warp",
     "other",
     "return",
@@ -62,8 +64,17 @@ _ENGINE_CALLS = {
     "displacement_field": "warp",
     "field_from_points": "warp",
 }
-_ENGINE_METHODS = {"_choose": "flow"}  # the flow candidate and its weighing
-_WORKER_STAGES = ("preprocess", "features", "registration", "flow", "refinement", "warp")
+# The flow candidate and its weighing; an answered frame averaged into the flow's reference.
+_ENGINE_METHODS = {"_choose": "flow", "_average_in": "reference"}
+_WORKER_STAGES = (
+    "preprocess",
+    "features",
+    "registration",
+    "flow",
+    "refinement",
+    "reference",
+    "warp",
+)
 
 
 @dataclass(frozen=True)

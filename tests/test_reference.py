@@ -8,6 +8,7 @@ from scipy import ndimage
 from regtrack.budget import FLOW_RUNG, LADDER
 from regtrack.engine import Engine, TrackerSettings
 from regtrack.reference import Reference
+from regtrack.stages import track_timed
 
 SHAPE = (96, 96)
 SPACING = (1.0, 1.0)
@@ -62,8 +63,9 @@ def test_engine_averages_answered_frames_of_fine_motion_only():
     engine.track_frame(frames[0], masks[0], 0)  # frame 0 itself (calibration) is not averaged
     assert engine.reference.frames == 0
     for index in (1, 2):
-        result = engine.track_frame(frames[index], masks[index - 1], index)
+        result = track_timed(engine, frames[index], masks[index - 1], index)
         assert result.source == "registration"
+        assert result.stages_ms["reference"] > 0  # the averaging is timed as its own stage
     assert engine.reference.frames == 2
     engine.track_frame(frames[3], masks[3], 3)
     assert engine.reference.frames == 2

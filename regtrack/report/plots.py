@@ -227,6 +227,7 @@ STAGE_COLOURS = {
     "registration": "#2ca02c",
     "flow": "#17becf",
     "refinement": "#bcbd22",
+    "reference": "#aec7e8",
     "warp": "#1f77b4",
     "other": "#7f7f7f",
     "return": "#c49c94",
