@@ -429,13 +429,13 @@ class Engine:
         start = time.perf_counter()
         frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
         result = self._track(frame, previous, index, schedule, return_fields, start)
-        if self.reference is None or result.source != "registration" or index == 0:
-            return result
-        shift = self.first_centroid - centroid_mm(result.mask, self.spacing_mm)
         # The lean rungs and the flow rung (a tight budget) skip the work: it costs as much as
         # the flow rung itself. After a jump frame 0 stays as it is.
         full = schedule.flow_candidate and not schedule.flow_only
-        if full and self.fine(shift):
+        if self.reference is None or result.source != "registration" or index == 0 or not full:
+            return result
+        shift = self.first_centroid - centroid_mm(result.mask, self.spacing_mm)
+        if self.fine(shift):
             self._average_in(frame, shift)
             result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
         return result
@@ -541,13 +541,10 @@ class Engine:
         )
         if reason:
             return _fallback(previous, reason, start, **common)
-        return FrameResult(
-            mask=mask,
-            source="registration",
-            metric_value=registration.metric_value,
-            iterations=registration.iterations,
-            registration_ms=registration.elapsed_ms,
-            elapsed_ms=(time.perf_counter() - start) * 1e3,
+        return _registered(
+            mask,
+            registration,
+            start,
             refined=refined,
             displacement_mm=field_mm if return_fields else None,
             candidate=candidate,
@@ -563,16 +560,7 @@ class Engine:
             registration = started.registration
             mask, reason = self._answer(started.points, box, previous, registration)
             if mask is not None:
-                return FrameResult(
-                    mask=mask,
-                    source="registration",
-                    metric_value=registration.metric_value,
-                    iterations=registration.iterations,
-                    registration_ms=registration.elapsed_ms,
-                    elapsed_ms=(time.perf_counter() - start) * 1e3,
-                    candidate="registration",
-                    **common,
-                )
+                return _registered(mask, registration, start, candidate="registration", **common)
         return self._answer_by_flow(
             flow_points, box, previous, reason, f"{reason}; the flow too: ", start, common
         )
@@ -760,6 +748,19 @@ def _within(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[sli
     return tuple(
         slice((i.start or 0) - (o.start or 0), (i.stop - (o.start or 0)) if i.stop else None)
         for i, o in zip(inner, outer, strict=True)
+    )
+
+
+def _registered(mask, registration, began: float, **fields) -> FrameResult:
+    """The answer of a registration that passed its gate."""
+    return FrameResult(
+        mask=mask,
+        source="registration",
+        metric_value=registration.metric_value,
+        iterations=registration.iterations,
+        registration_ms=registration.elapsed_ms,
+        elapsed_ms=(time.perf_counter() - began) * 1e3,
+        **fields,
     )
 
 

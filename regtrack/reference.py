@@ -41,13 +41,16 @@ class Reference:
     """
 
     def __init__(self, frame0, region, value_range, spacing_mm) -> None:
-        self._frame0 = np.asarray(frame0, np.float64)
+        frame0 = np.asarray(frame0, np.float64)
         self._region = region
         self._range = value_range
         self._spacing = np.asarray(spacing_mm, float)[:, None, None]
-        self._sum = self._frame0[region].copy()
+        self._first = frame0[region].copy()  # frame 0 over the region: what frames land on
+        rows, cols = np.indices(frame0.shape, dtype=np.float64)
+        self._grid = np.stack([rows[region], cols[region]])  # the region's pixels, (row, col)
+        self._sum = self._first.copy()
         self._weight = np.ones(self._sum.shape)
-        self.image = self._frame0.astype(np.float32)
+        self.image = frame0.astype(np.float32)
         self.frames = 0  # how many frames were averaged in
         rows, cols = (np.minimum(np.arange(n), np.arange(n)[::-1]) for n in self._sum.shape)
         self._ramp = np.clip(np.minimum.outer(rows, cols) / _EDGE_RAMP_PX, 0.0, 1.0)
@@ -55,15 +58,12 @@ class Reference:
     def add(self, frame, shift_mm) -> None:
         """Average ``frame`` in; ``shift_mm`` (row, col) carries its answer back to frame 0
         (frame-0 centroid minus the answer's), the flow's start."""
-        rows, cols = np.indices(self._frame0.shape, dtype=np.float64)
-        at = np.stack([rows[self._region], cols[self._region]])
-        at -= np.asarray(shift_mm, float)[:, None, None] / self._spacing
+        at = self._grid - np.asarray(shift_mm, float)[:, None, None] / self._spacing
         frame = np.asarray(frame, np.float64)
-        frame0 = self._frame0[self._region]
         # Frames may be rescaled one by one (TrackRAD's are): the flow and the average see
         # them on frame 0's grey values (matched where they are placed, before and after).
-        flow = dis_flow(frame0, _matched(sample(frame, at), frame0), self._range)
-        pulled = _matched(sample(frame, at + flow), frame0)
+        flow = dis_flow(self._first, _matched(sample(frame, at), self._first), self._range)
+        pulled = _matched(sample(frame, at + flow), self._first)
         self._sum += self._ramp * pulled
         self._weight += self._ramp
         self.image[self._region] = self._sum / self._weight

@@ -66,15 +66,7 @@ _ENGINE_CALLS = {
 }
 # The flow candidate and its weighing; an answered frame averaged into the flow's reference.
 _ENGINE_METHODS = {"_choose": "flow", "_average_in": "reference"}
-_WORKER_STAGES = (
-    "preprocess",
-    "features",
-    "registration",
-    "flow",
-    "refinement",
-    "reference",
-    "warp",
-)
+_WORKER_STAGES = STAGES[STAGES.index("preprocess") : STAGES.index("warp") + 1]
 
 
 @dataclass(frozen=True)
