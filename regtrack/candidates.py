@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .intensity import matched
 from .refine import sample
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "flow_candidate",
     "flow_context",
     "grown",
+    "keyframe_mask",
 ]
 
 _FLOW_PRESET = "MEDIUM"
@@ -87,6 +89,28 @@ def flow_candidate(
         slice(p.start - c.start, p.stop - c.start) for p, c in zip(part, context, strict=True)
     )
     return Candidate("flow", ((start + flow_rc) * spacing)[:, inner[0], inner[1]])
+
+
+def keyframe_mask(frame, keyframe, keyframe_mask_, part, spacing_mm, finest_scale=1):
+    """The ``keyframe_mask_`` of a recent frame ``keyframe`` carried onto ``frame`` by DIS flow
+    from ``frame`` to it, over ``part`` grown by the flow's context (bool, ``frame``'s shape).
+
+    Consecutive frames differ by a few millimetres where frame 0 may lie 40 mm and a whole
+    organ's deformation away, so a registered keyframe a few frames old is the flow's nearer
+    reference after a jump. The keyframe is brought onto ``frame``'s grey values first
+    (sequences are rescaled frame by frame); both are 8-bit over ``frame``'s range there.
+    """
+    context = flow_context(part, frame.shape, spacing_mm)
+    here = np.asarray(frame[context], np.float64)
+    there = matched(np.asarray(keyframe[context], np.float64), here)
+    flow_rc = dis_flow(here, there, (float(here.min()), float(here.max())), finest_scale)
+    rows, cols = np.indices(here.shape, dtype=np.float64)
+    carried = sample(
+        np.asarray(keyframe_mask_[context], np.float64), np.stack([rows, cols]) + flow_rc
+    )
+    mask = np.zeros(frame.shape, bool)
+    mask[context] = carried >= 0.5
+    return mask
 
 
 def dis_flow(first, second, value_range, finest_scale=_FLOW_FINEST_SCALE) -> np.ndarray:

@@ -27,6 +27,7 @@ from .candidates import (
     flow_candidate,
     flow_context,
     grown,
+    keyframe_mask,
 )
 from .checks import check_tracker_settings, has_signal
 from .features import (
@@ -59,6 +60,7 @@ __all__ = [
     "METHODS",
     "Engine",
     "FrameResult",
+    "Keyframe",
     "TrackerSettings",
     "answered_with",
     "flatten_intensity",
@@ -303,6 +305,16 @@ def _overrides(settings: TrackerSettings, use_roi: bool) -> dict:
 
 
 @dataclass(frozen=True)
+class Keyframe:
+    """A recent frame and the answer a full registration gave it (the flow rung's reference
+    after a jump, :meth:`Engine.track_frame`)."""
+
+    index: int
+    frame: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
 class Engine:
     """What stays fixed over a sequence: parameter maps, frame 0 (or its features), ROI policy."""
 
@@ -419,16 +431,24 @@ class Engine:
         )
 
     def track_frame(
-        self, frame, previous, index, *, schedule: Schedule = LADDER[0], return_fields=False
+        self,
+        frame,
+        previous,
+        index,
+        *,
+        schedule: Schedule = LADDER[0],
+        return_fields=False,
+        keyframe: Keyframe | None = None,
     ) -> FrameResult:
         """Register frame 0 onto one frame and warp mask(0); fall back to the previous mask.
         A frame answered while the motion is fine is then averaged into the flow's reference
-        (:mod:`.reference`)."""
+        (:mod:`.reference`). ``keyframe``: a recent frame a full registration answered, which
+        the flow rung maps onto after a jump."""
         if schedule.flow_only and return_fields:  # a field is the registration's: its smallest
             schedule = LADDER[-2]
         start = time.perf_counter()
         frame = flatten_intensity(frame, self.settings.flatten_sigma_mm, self.spacing_mm)
-        result = self._track(frame, previous, index, schedule, return_fields, start)
+        result = self._track(frame, previous, index, schedule, return_fields, start, keyframe)
         # The lean rungs and the flow rung (a tight budget) skip the work: it costs as much as
         # the flow rung itself. After a jump frame 0 stays as it is.
         full = schedule.flow_candidate and not schedule.flow_only
@@ -444,7 +464,9 @@ class Engine:
         """An answered frame joins the flow's reference (its own stage in ``stages_ms``)."""
         self.reference.add(frame, shift_mm)
 
-    def _track(self, frame, previous, index, schedule, return_fields, start) -> FrameResult:
+    def _track(
+        self, frame, previous, index, schedule, return_fields, start, keyframe=None
+    ) -> FrameResult:
         features_start = time.perf_counter()
         fixed = self.extractor(frame) if self.extractor else frame
         feature_ms = (time.perf_counter() - features_start) * 1e3 if self.extractor else 0.0
@@ -468,7 +490,7 @@ class Engine:
             reason = "frame has no signal (constant) in the target's neighbourhood"
             return _fallback(previous, reason, start, **common)
         if schedule.flow_only:
-            return self._track_by_flow(frame, previous, box, shift, start, common)
+            return self._track_by_flow(frame, previous, box, shift, start, common, keyframe)
         # Started from the flow, the translation-started registration is not needed (fields,
         # which map the whole frame, and the lean rungs, which skip the flow, still take it;
         # start "auto" starts from the flow only while the motion is fine).
@@ -561,8 +583,9 @@ class Engine:
             mask, reason = self._answer(started.points, box, previous, registration)
             if mask is not None:
                 return _registered(mask, registration, start, candidate="registration", **common)
+        mask = self._pulled_back(flow_points, box, previous.shape)
         return self._answer_by_flow(
-            flow_points, box, previous, reason, f"{reason}; the flow too: ", start, common
+            mask, previous, reason, f"{reason}; the flow too: ", start, common
         )
 
     def _flow_started(self, frame, fixed, box, shift, schedule):
@@ -587,9 +610,15 @@ class Engine:
             return flow_points, None, str(error)
         return flow_points, started, ""
 
-    def _track_by_flow(self, frame, previous, box, shift, start, common):
-        """The flow rung: the fast tracker's map at half resolution answers alone."""
+    def _track_by_flow(self, frame, previous, box, shift, start, common, keyframe=None):
+        """The flow rung: the fast tracker's map at half resolution answers alone, onto the
+        reference while the motion is fine, onto the ``keyframe`` (when given) after a jump."""
         box = box or (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
+        why = "flow rung: no registration fits the budget"
+        if keyframe is not None and not self.fine(shift):
+            mask = keyframe_mask(frame, keyframe.frame, keyframe.mask, box, self.spacing_mm)
+            why += f"; mapped onto frame {keyframe.index}, registered"
+            return self._answer_by_flow(mask, previous, why, "flow rung: ", start, common)
         flow = flow_candidate(
             frame,
             self.flow_reference(shift),
@@ -599,13 +628,13 @@ class Engine:
             self.frame0_range,
             finest_scale=1,
         )
-        why = "flow rung: no registration fits the budget"
-        return self._answer_by_flow(flow.points, box, previous, why, "flow rung: ", start, common)
+        mask = self._pulled_back(flow.points, box, previous.shape)
+        return self._answer_by_flow(mask, previous, why, "flow rung: ", start, common)
 
-    def _answer_by_flow(self, points, box, previous, why, refused, start, common):
-        """The flow's map of ``box`` answers (``why``: the ``candidate_reason``); if the gate
+    def _answer_by_flow(self, mask, previous, why, refused, start, common):
+        """The flow's ``mask`` answers (``why``: the ``candidate_reason``); if the gate
         refuses it, the previous mask, the gate's reason after ``refused``."""
-        mask, reason = self._answer(points, box, previous)
+        mask, reason = self._gated(mask, previous)
         if reason:
             return _fallback(previous, f"{refused}{reason}", start, **common)
         return FrameResult(
@@ -622,8 +651,16 @@ class Engine:
 
     def _answer(self, points, box, previous, registration=None):
         """mask(0) pulled back by ``points`` over ``box``, and why the gate refuses it ('')."""
-        mask = np.zeros(previous.shape, bool)
+        return self._gated(self._pulled_back(points, box, previous.shape), previous, registration)
+
+    def _pulled_back(self, points, box, shape) -> np.ndarray:
+        """mask(0) pulled back by ``points`` (frame-0 positions, mm) of the ``box`` pixels."""
+        mask = np.zeros(shape, bool)
         mask[box] = warp_mask_to(self.first_mask, points, self.spacing_mm)
+        return mask
+
+    def _gated(self, mask, previous, registration=None):
+        """``mask``, or None and why the gate refuses it."""
         metric = registration.metric_value if registration else 0.0
         reason = registration_gate(mask, metric, int(previous.sum()), self.settings)
         return (None, reason) if reason else (mask, "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flatten_intensity"]
+__all__ = ["flatten_intensity", "matched"]
 
 
 def flatten_intensity(
@@ -41,3 +41,10 @@ def flatten_intensity(
     )
     floor = 1e-3 * float(np.abs(low).mean()) + 1e-12  # background stays finite
     return np.ascontiguousarray(frame / np.maximum(np.abs(low), floor), dtype=dtype)
+
+
+def matched(values: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``values`` under the gain and offset that bring them closest to ``target``."""
+    design = np.stack([values.ravel(), np.ones(values.size)], axis=1)
+    gain, offset = np.linalg.lstsq(design, target.ravel(), rcond=None)[0]
+    return gain * values + offset

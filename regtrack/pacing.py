@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from .budget import FLOW_RUNG, LADDER, CostModel, Schedule, check_budget, choose_schedule
 
@@ -57,6 +58,7 @@ class Job:
     kind: str  # the schedule's kind: the cost model fits each kind on its own
     start_age: int
     finished: float = math.nan  # perf_counter() when its result reached this process
+    frame: Any = None  # kept while its answer may become the flow rung's keyframe
     answered: bool = False  # its frame has been answered (late: by the fallback)
 
     def predicted_end(self, cost: CostModel) -> float:

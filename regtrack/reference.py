@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .candidates import dis_flow
+from .intensity import matched
 from .refine import sample
 
 __all__ = ["Reference"]
@@ -62,16 +63,9 @@ class Reference:
         frame = np.asarray(frame, np.float64)
         # Frames may be rescaled one by one (TrackRAD's are): the flow and the average see
         # them on frame 0's grey values (matched where they are placed, before and after).
-        flow = dis_flow(self._first, _matched(sample(frame, at), self._first), self._range)
-        pulled = _matched(sample(frame, at + flow), self._first)
+        flow = dis_flow(self._first, matched(sample(frame, at), self._first), self._range)
+        pulled = matched(sample(frame, at + flow), self._first)
         self._sum += self._ramp * pulled
         self._weight += self._ramp
         self.image[self._region] = self._sum / self._weight
         self.frames += 1
-
-
-def _matched(values: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``values`` under the gain and offset that bring them closest to ``target``."""
-    design = np.stack([values.ravel(), np.ones(values.size)], axis=1)
-    gain, offset = np.linalg.lstsq(design, target.ravel(), rcond=None)[0]
-    return gain * values + offset

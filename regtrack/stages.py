@@ -56,6 +56,7 @@ _ENGINE_CALLS = {
     "register_pair": "registration",
     "register_from_start": "registration",
     "flow_candidate": "flow",
+    "keyframe_mask": "flow",
     "choose_candidate": "flow",
     "refine_points": "refinement",
     "mapped_points": "warp",

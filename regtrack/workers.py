@@ -8,7 +8,8 @@ in this process.
 
 A worker has ``works`` (schedule -> work), ``step_sizes``, ``submit(frame, previous, index,
 *, schedule, return_fields) -> Future[FrameResult]`` and ``close()``. The built-in
-workers time their stages (:func:`regtrack.stages.track_timed`).
+workers time their stages (:func:`regtrack.stages.track_timed`) and take a ``keyframe``
+(:class:`regtrack.engine.Keyframe`) for the flow rung (``keyframes = True``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .engine import Engine, FrameResult
+from .engine import Engine, FrameResult, Keyframe
 from .processes import owned_process_pool, started_warm, thread_counts
 from .stages import track_timed
 
@@ -29,10 +30,13 @@ __all__ = ["WORKERS", "InlineWorker", "ProcessWorker"]
 _PROCESS_ENGINE: Engine | None = None
 _PROCESS_FRAMES: np.ndarray | None = None  # the frames its owner hands over (shared memory)
 _FRAME_SLOTS = 2  # one registration runs per worker; the second slot is slack
+_KEYFRAME_SLOT = _FRAME_SLOTS  # and one more for the keyframe the flow rung maps onto
 
 
 class InlineWorker:
     """The engine in this process: no deadline can interrupt it (offline mode)."""
+
+    keyframes = True
 
     def __init__(self, frame0, mask0, settings, spacing_mm) -> None:
         self._engine = Engine.build(frame0, mask0, settings, spacing_mm)
@@ -55,10 +59,13 @@ class ProcessWorker:
     preset's own error). The child dies with this process and ignores Ctrl-C.
     """
 
+    keyframes = True
+
     def __init__(self, frame0, mask0, settings, spacing_mm, *, threads=None) -> None:
         self._pool = owned_process_pool(threads)
         self._frames, path = _shared_frames(np.shape(frame0))
         self._handed = 0
+        self._keyframe_index: int | None = None  # the keyframe now in its slot
         # built as a task, not in the initializer: a bad preset raises its own error
         self.built = self._pool.submit(
             _process_build, frame0, mask0, settings, spacing_mm, threads, path
@@ -89,15 +96,22 @@ class ProcessWorker:
         """The child's process id (for tests and monitoring)."""
         return list(self._pool._processes or ())
 
-    def submit(self, frame, previous, index, **kwargs) -> Future:
+    def submit(self, frame, previous, index, *, keyframe: Keyframe | None = None, **kwargs):
         """Register ``frame``: it goes through shared memory and the starting mask as bits,
         not as pickled arrays (a 350 x 350 frame and mask cost 1.5-3.5 ms more per frame
-        through the pipe than a bare call, up to 15 ms at the 90th percentile under load)."""
+        through the pipe than a bare call, up to 15 ms at the 90th percentile under load).
+        A ``keyframe`` goes the same way, its frame only when it changed."""
         slot, self._handed = self._handed % _FRAME_SLOTS, self._handed + 1
         self._frames[slot] = frame
         start = np.packbits(np.asarray(previous, bool))
+        key = None
+        if keyframe is not None:  # the worker is idle: nothing reads the slot meanwhile
+            if keyframe.index != self._keyframe_index:
+                self._frames[_KEYFRAME_SLOT] = keyframe.frame
+                self._keyframe_index = keyframe.index
+            key = (keyframe.index, np.packbits(np.asarray(keyframe.mask, bool)))
         try:
-            return self._pool.submit(_process_track, slot, start, index, **kwargs)
+            return self._pool.submit(_process_track, slot, start, index, key, **kwargs)
         except BrokenExecutor as error:  # the process died while idle: fail this frame alone
             future: Future = Future()
             future.set_exception(error)
@@ -116,7 +130,7 @@ def _shared_frames(shape) -> tuple[np.ndarray, str]:
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
     handle, path = tempfile.mkstemp(prefix="regtrack-frames-", dir=folder)
     os.close(handle)
-    return np.memmap(path, np.float32, "w+", shape=(_FRAME_SLOTS, *shape)), path
+    return np.memmap(path, np.float32, "w+", shape=(_FRAME_SLOTS + 1, *shape)), path
 
 
 def _unlink(path: str) -> None:
@@ -131,7 +145,7 @@ def _process_build(
 ) -> tuple[dict, dict, bool, dict]:
     global _PROCESS_ENGINE, _PROCESS_FRAMES
     _PROCESS_FRAMES = np.memmap(
-        frames_path, np.float32, "r", shape=(_FRAME_SLOTS, *np.shape(frame0))
+        frames_path, np.float32, "r", shape=(_FRAME_SLOTS + 1, *np.shape(frame0))
     )
     _unlink(frames_path)  # both sides have it mapped: nothing is left behind if either dies
     if threads and "MaximumNumberOfThreads" not in settings.overrides:
@@ -143,7 +157,15 @@ def _process_build(
     return engine.works, engine.step_sizes, started_warm(), thread_counts()
 
 
-def _process_track(slot: int, start: np.ndarray, index: int, **kwargs) -> FrameResult:
+def _process_track(slot: int, start: np.ndarray, index: int, key, **kwargs) -> FrameResult:
     frame = np.array(_PROCESS_FRAMES[slot])
-    previous = np.unpackbits(start, count=frame.size).reshape(frame.shape).view(bool)
-    return track_timed(_PROCESS_ENGINE, frame, previous, index, **kwargs)
+    previous = _unpacked(start, frame.shape)
+    keyframe = None
+    if key is not None:
+        key_frame = np.array(_PROCESS_FRAMES[_KEYFRAME_SLOT])
+        keyframe = Keyframe(key[0], key_frame, _unpacked(key[1], frame.shape))
+    return track_timed(_PROCESS_ENGINE, frame, previous, index, keyframe=keyframe, **kwargs)
+
+
+def _unpacked(bits: np.ndarray, shape) -> np.ndarray:
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).view(bool)
