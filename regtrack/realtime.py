@@ -91,6 +91,7 @@ class _Pending:
     taken_in: bool = False  # the registration's outcome is in result or reason
     backup: Job | None = None  # the flow rung on another worker, answering a late registration
     backup_slot: _Slot | None = None
+    for_keyframe: bool = False  # the registration runs past the deadline for the keyframe
 
     @property
     def budget_ms(self) -> float:
@@ -487,7 +488,7 @@ class RealtimeTracker:
         pending.slot = slot
         pending.schedule = self._choose(pending.deadline, arrival, slot)
         if self._keyframe_fits(pending):
-            pending.schedule = LADDER[0]
+            pending.schedule, pending.for_keyframe = LADDER[0], True
         pending.job = self._submit(slot, frame, start, index, pending.schedule, index - start_index)
         self._submit_backup(pending, frame, start, index - start_index)
         return pending
@@ -508,9 +509,10 @@ class RealtimeTracker:
         )
 
     def _keyframe_fits(self, pending: _Pending) -> bool:
-        """No full registration fits the deadline, yet the full schedule would finish before
-        the next frame arrives and an idle worker can run the backup: the full registration
-        then runs past the deadline for the flow rung's keyframe, while the backup answers.
+        """No full registration fits the deadline, yet an idle worker can run the backup and
+        the full schedule would finish before the frame after next arrives (the next one
+        goes to the backup's worker): the full registration then runs past the deadline for
+        the flow rung's keyframe, while the backup answers.
         A keyframe a frame or two old makes the flow rung nearly as good as the registration
         after a jump (real case: every third frame registered, the rest by the flow rung
         from the keyframe, DSC 0.969 / CD 0.89 mm; from frame 0, 0.960 / 1.07; the small
@@ -521,7 +523,7 @@ class RealtimeTracker:
         if not all(getattr(slot.worker, "keyframes", False) for slot in self._slots):
             return False
         done_by = time.perf_counter() + self.predict_ms(LADDER[0]) / 1e3
-        return done_by <= pending.arrival + interval and self._spare_slot(pending) is not None
+        return done_by <= pending.arrival + 2 * interval and self._spare_slot(pending) is not None
 
     def _submit_backup(self, pending: _Pending, frame, start, start_age: int) -> None:
         """The flow rung of the same frame on a spare worker (:meth:`_spare_slot`)."""
@@ -550,6 +552,8 @@ class RealtimeTracker:
         if self.method == "sam":
             return self._resolve_sam(pending, timing)
         if job is not None and not job.future.done():
+            if pending.for_keyframe and pending.backup and pending.backup.future.done():
+                return self._answer_late(pending, timing)  # it was meant to run on
             if self._seconds_left(pending.deadline) != 0.0:
                 return None
             return self._answer_late(pending, timing)
@@ -591,11 +595,14 @@ class RealtimeTracker:
         self._collect()  # an earlier frame's registration may have finished meanwhile
         what = "flow" if pending.schedule.flow_only else f"registration ({pending.schedule.name})"
         late = f"deadline: {what} not done within {pending.budget_ms:.0f} ms"
+        if pending.for_keyframe:
+            late = f"registration ({pending.schedule.name}) runs past the deadline for a keyframe"
         answer = self._backup_answer(pending, late, timing)
         if answer is None:
             sam, note = self._sam_answer(pending)
             answer = self._fallback(pending.index, late, sam, job.start_age, note, **timing)
-        self._late_by(time.perf_counter() - meant)
+        if time.perf_counter() >= meant:  # an early answer says nothing of how late we wake
+            self._late_by(time.perf_counter() - meant)
         return answer
 
     def _backup_answer(self, pending: _Pending, late: str, timing: dict) -> FrameResult | None:
@@ -878,8 +885,9 @@ def _full(schedule: Schedule) -> bool:
 
 
 def _unfinished(pending: _Pending) -> list[Future]:
-    """What a frame still waits for: its registration, SAM's answer."""
-    futures = [pending.job.future if pending.job else None, pending.sam]
+    """What a frame still waits for: its registration, its backup, SAM's answer."""
+    backup = pending.backup.future if pending.backup else None
+    futures = [pending.job.future if pending.job else None, backup, pending.sam]
     return [future for future in futures if future is not None and not future.done()]
 
 

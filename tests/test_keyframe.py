@@ -104,6 +104,8 @@ def test_when_no_full_registration_fits_it_runs_late_for_the_next_frames_keyfram
             time.sleep(max(0.0, arrival + interval - time.perf_counter()))
     assert [a.answered_by for a in answers] == [1, 2, 3, 4, 5]  # every answer fresh
     assert all("flow rung on another worker answered" in a.candidate_reason for a in answers)
+    assert all("past the deadline for a keyframe" in a.candidate_reason for a in answers)
+    assert all(a.latency_ms < 20 for a in answers)  # as soon as the flow (2 ms), not at 30 ms
     full = {index for index, schedule, _ in calls if schedule is LADDER[0]}
     assert full == {1, 2, 3, 4, 5}  # each frame's full registration ran, past its deadline
     flow = {index: keyframe for index, schedule, keyframe in calls if schedule.flow_only}
