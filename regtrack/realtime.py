@@ -64,6 +64,14 @@ _MAX_WORKERS = 4
 # The flow rung maps a frame onto the newest frame a full registration answered when that is
 # at most this many frames old (a second at 8 Hz), onto frame 0 otherwise.
 _KEYFRAME_MAX_AGE = 8
+# A registration run for a keyframe is extra work, done only while the machine has room:
+# its newest registrations at most a quarter slower than calibrated (the cost model's
+# slowdown: 0.9-1.15 on a quiet machine, 1.26-2.2 under a load spike on the real case at
+# 0.05 s) and no frame answered by an earlier answer for the last second. (With neither, the
+# keyframes' registrations slowed the answers: 42-98 % of a 6 s spike's frames were fresh at
+# 0.05 s, against 98-100 % without keyframes.)
+_KEYFRAME_MAX_SLOWDOWN = 1.25
+_KEYFRAME_CALM_S = 1.0
 
 
 def default_workers(budget_s: float | None) -> int:
@@ -203,6 +211,7 @@ class RealtimeTracker:
         self._previous: np.ndarray | None = None
         self._previous_index = 0  # the frame whose answer _previous is
         self._keyframe: Keyframe | None = None  # the newest frame a full registration answered
+        self._stale_at = -math.inf  # when a frame was last answered by an earlier answer
         self._metrics: deque[float] = deque(maxlen=20)
         self._lateness = (time.perf_counter(), 0.0)  # (when, how late), see _late_by
         self._next_index = 1
@@ -519,6 +528,10 @@ class RealtimeTracker:
         registration rungs alone, 0.957 / 1.36)."""
         schedule, interval = pending.schedule, self._pacer.interval_s()
         if _full(schedule) or interval is None or not self._pacer.cost:
+            return False
+        if (self._pacer.cost.slowdown() or 1.0) > _KEYFRAME_MAX_SLOWDOWN:
+            return False
+        if time.perf_counter() - self._stale_at < _KEYFRAME_CALM_S:
             return False
         if not all(getattr(slot.worker, "keyframes", False) for slot in self._slots):
             return False
@@ -868,6 +881,7 @@ class RealtimeTracker:
         logger.info(
             "frame %d answered with frame %d's answer: %s", index, self._previous_index, reason
         )
+        self._stale_at = time.perf_counter()
         result = FrameResult(
             index=index,
             mask=self._previous,
