@@ -498,7 +498,10 @@ class RealtimeTracker:
         pending.schedule = self._choose(pending.deadline, arrival, slot)
         if self._keyframe_fits(pending):
             pending.schedule, pending.for_keyframe = LADDER[0], True
+        elif self._backup_held(pending):
+            pending.schedule = FLOW_RUNG
         pending.job = self._submit(slot, frame, start, index, pending.schedule, index - start_index)
+        pending.job.for_keyframe = pending.for_keyframe
         self._submit_backup(pending, frame, start, index - start_index)
         return pending
 
@@ -537,6 +540,16 @@ class RealtimeTracker:
             return False
         done_by = time.perf_counter() + self.predict_ms(LADDER[0]) / 1e3
         return done_by <= pending.arrival + 2 * interval and self._spare_slot(pending) is not None
+
+    def _backup_held(self, pending: _Pending) -> bool:
+        """A registration rung was chosen under a deadline, and the worker that would run its
+        backup is busy with a keyframe's registration: without a backup a late registration
+        is answered by an earlier answer (at 0.1 s, up to 5 frames of a run), so the flow
+        rung answers instead."""
+        if pending.deadline is None or pending.schedule.flow_only or self._sam is not None:
+            return False
+        keyframing = any(s.job and s.job.for_keyframe for s in self._slots if s is not pending.slot)
+        return keyframing and self._spare_slot(pending) is None
 
     def _submit_backup(self, pending: _Pending, frame, start, start_age: int) -> None:
         """The flow rung of the same frame on a spare worker (:meth:`_spare_slot`)."""
