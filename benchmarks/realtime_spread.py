@@ -132,6 +132,7 @@ def replay_once(case, frames, labels, budget: float, spike: Spike | None, spike_
         "fresh_share": float(np.mean([_fresh(r) for r in answered])),
         "elastix_share": float(np.mean([_by_elastix(r) for r in answered])),
         "stale_frames": [r.index for r in answered if not _fresh(r)],
+        "stale_reasons": {r.index: r.reason for r in answered if not _fresh(r)},
         "dsc": scores["dsc"],
         "cd_mm": scores["centre_distance_mm"],
         "p95_latency_ms": float(np.percentile([r.latency_ms for r in answered], 95)),

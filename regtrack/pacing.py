@@ -59,7 +59,6 @@ class Job:
     start_age: int
     finished: float = math.nan  # perf_counter() when its result reached this process
     frame: Any = None  # kept while its answer may become the flow rung's keyframe
-    for_keyframe: bool = False  # runs past its frame's deadline for the keyframe
     answered: bool = False  # its frame has been answered (late: by the fallback)
 
     def predicted_end(self, cost: CostModel) -> float:

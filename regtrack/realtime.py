@@ -501,7 +501,6 @@ class RealtimeTracker:
         elif self._backup_held(pending):
             pending.schedule = FLOW_RUNG
         pending.job = self._submit(slot, frame, start, index, pending.schedule, index - start_index)
-        pending.job.for_keyframe = pending.for_keyframe
         self._submit_backup(pending, frame, start, index - start_index)
         return pending
 
@@ -542,14 +541,18 @@ class RealtimeTracker:
         return done_by <= pending.arrival + 2 * interval and self._spare_slot(pending) is not None
 
     def _backup_held(self, pending: _Pending) -> bool:
-        """A registration rung was chosen under a deadline, and the worker that would run its
-        backup is busy with a keyframe's registration: without a backup a late registration
-        is answered by an earlier answer (at 0.1 s, up to 5 frames of a run), so the flow
-        rung answers instead."""
+        """A registration rung was chosen under a deadline shorter than the frame interval
+        (where every registration has a backup flow), and no other worker is idle to run
+        it (busy with a keyframe's registration, or a late one): without its backup a late
+        registration is answered by an earlier answer (at 0.1 s, up to 5 frames of a run,
+        mostly a worker's first frame and the rungs the cost model tries again after a
+        second), so the flow rung answers instead."""
         if pending.deadline is None or pending.schedule.flow_only or self._sam is not None:
             return False
-        keyframing = any(s.job and s.job.for_keyframe for s in self._slots if s is not pending.slot)
-        return keyframing and self._spare_slot(pending) is None
+        interval = self._pacer.interval_s()
+        if len(self._slots) < 2 or interval is None or pending.budget_s >= interval:
+            return False
+        return self._spare_slot(pending) is None
 
     def _submit_backup(self, pending: _Pending, frame, start, start_age: int) -> None:
         """The flow rung of the same frame on a spare worker (:meth:`_spare_slot`)."""
