@@ -651,11 +651,13 @@ class RealtimeTracker:
         result = backup.future.result()
         if result.source != "registration":
             return None
+        mapped = result.candidate_reason.partition("; ")[2]  # "mapped onto frame k, ..."
         result = replace(
             result,
             answered_by=pending.index,
             start_age=backup.start_age,
-            candidate_reason=f"{late}; the flow rung on another worker answered",
+            candidate_reason=f"{late}; the flow rung on another worker answered"
+            + (f"; {mapped}" if mapped else ""),
         )
         timing = {**timing, "submitted": backup.submitted, "finished": backup.finished}
         return self._decide(result, None, **timing)
