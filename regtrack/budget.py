@@ -52,6 +52,12 @@ class Schedule:
         return f"it{self.iterations:g}/s{self.samples:g}{suffix}"
 
     @property
+    def full(self) -> bool:
+        """A rung whose answer is as good as offline: a registration with the flow's second
+        answer (the top rungs)."""
+        return self.flow_candidate and not self.flow_only
+
+    @property
     def kind(self) -> str:
         """What the cost model fits on its own: the pyramid, or "flow" for the flow rung."""
         return "flow" if self.flow_only else self.pyramid

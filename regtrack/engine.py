@@ -451,8 +451,12 @@ class Engine:
         result = self._track(frame, previous, index, schedule, return_fields, start, keyframe)
         # The lean rungs and the flow rung (a tight budget) skip the work: it costs as much as
         # the flow rung itself. After a jump frame 0 stays as it is.
-        full = schedule.flow_candidate and not schedule.flow_only
-        if self.reference is None or result.source != "registration" or index == 0 or not full:
+        if (
+            self.reference is None
+            or result.source != "registration"
+            or index == 0
+            or not schedule.full
+        ):
             return result
         shift = self.first_centroid - centroid_mm(result.mask, self.spacing_mm)
         if self.fine(shift):

@@ -504,15 +504,19 @@ class RealtimeTracker:
         self._submit_backup(pending, frame, start, index - start_index)
         return pending
 
-    def _spare_slot(self, pending: _Pending) -> _Slot | None:
-        """An idle worker for the flow rung of the same frame, as a backup that answers if the
-        registration runs late: under a deadline, when the frame is due before the next one
-        arrives (the backup must not hold a worker the next frame needs) and SAM, which
-        answers late registrations in hybrid mode, is not there."""
+    def _backs_up(self, pending: _Pending) -> bool:
+        """The frame's registration gets a backup flow (that answers if it runs late): under
+        a deadline, when the frame is due before the next one arrives (the backup must not
+        hold a worker the next frame needs) and SAM, which answers late registrations in
+        hybrid mode, is not there."""
         if pending.deadline is None or self._sam is not None:
-            return None
+            return False
         interval = self._pacer.interval_s()
-        if interval is not None and pending.budget_s >= interval:
+        return interval is None or pending.budget_s < interval
+
+    def _spare_slot(self, pending: _Pending) -> _Slot | None:
+        """An idle worker for the frame's backup flow (:meth:`_backs_up`)."""
+        if not self._backs_up(pending):
             return None
         return next(
             (s for s in self._slots if s is not pending.slot and s.job is None and s.ready()),
@@ -529,7 +533,7 @@ class RealtimeTracker:
         from the keyframe, DSC 0.969 / CD 0.89 mm; from frame 0, 0.960 / 1.07; the small
         registration rungs alone, 0.957 / 1.36)."""
         schedule, interval = pending.schedule, self._pacer.interval_s()
-        if _full(schedule) or interval is None or not self._pacer.cost:
+        if schedule.full or interval is None or not self._pacer.cost:
             return False
         if (self._pacer.cost.slowdown() or 1.0) > _KEYFRAME_MAX_SLOWDOWN:
             return False
@@ -547,12 +551,9 @@ class RealtimeTracker:
         registration is answered by an earlier answer (at 0.1 s, up to 5 frames of a run,
         mostly a worker's first frame and the rungs the cost model tries again after a
         second), so the flow rung answers instead."""
-        if pending.deadline is None or pending.schedule.flow_only or self._sam is not None:
+        if pending.schedule.flow_only or len(self._slots) < 2 or not self._backs_up(pending):
             return False
-        interval = self._pacer.interval_s()
-        if len(self._slots) < 2 or interval is None or pending.budget_s >= interval:
-            return False
-        return self._spare_slot(pending) is None
+        return self._pacer.interval_s() is not None and self._spare_slot(pending) is None
 
     def _submit_backup(self, pending: _Pending, frame, start, start_age: int) -> None:
         """The flow rung of the same frame on a spare worker (:meth:`_spare_slot`)."""
@@ -581,9 +582,9 @@ class RealtimeTracker:
         if self.method == "sam":
             return self._resolve_sam(pending, timing)
         if job is not None and not job.future.done():
-            if pending.for_keyframe and pending.backup and pending.backup.future.done():
-                return self._answer_late(pending, timing)  # it was meant to run on
-            if self._seconds_left(pending.deadline) != 0.0:
+            # a keyframe's registration was meant to run on: its backup answers when ready
+            backed = pending.for_keyframe and pending.backup and pending.backup.future.done()
+            if not backed and self._seconds_left(pending.deadline) != 0.0:
                 return None
             return self._answer_late(pending, timing)
         if job is not None and not pending.taken_in:
@@ -707,7 +708,7 @@ class RealtimeTracker:
             frame, start, index, schedule=schedule, return_fields=self.return_fields, **more
         )
         work = slot.worker.works[schedule]
-        kept = frame if _full(schedule) and index > 0 else None
+        kept = frame if schedule.full and index > 0 else None
         slot.job = Job(index, future, submitted, work, schedule.kind, start_age, frame=kept)
         future.add_done_callback(lambda _, job=slot.job: job.mark_finished())
         return slot.job
@@ -909,11 +910,6 @@ class RealtimeTracker:
             start_age=start_age,
         )
         return self._answer(result, **timing)
-
-
-def _full(schedule: Schedule) -> bool:
-    """A rung whose answer is as good as offline (the flow's second answer included)."""
-    return schedule.flow_candidate and not schedule.flow_only
 
 
 def _unfinished(pending: _Pending) -> list[Future]:

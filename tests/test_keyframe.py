@@ -34,27 +34,24 @@ def test_a_keyframes_mask_is_carried_onto_a_frame_that_moved_and_was_rescaled(tr
     assert _centre_error_px(masks[1], masks[2]) > 3  # the keyframe's own mask is off
 
 
-def test_after_a_jump_the_flow_rung_maps_onto_the_keyframe(jump_sequence):
+@pytest.mark.parametrize(
+    "index, mapped",
+    [(6, "mapped onto frame 5"), (2, "")],  # frame 6: 20 px from frame 0; frame 2: 8 px
+    ids=["after a jump onto the keyframe", "fine motion keeps its reference"],
+)
+def test_the_flow_rung_maps_onto_the_keyframe_only_after_a_jump(jump_sequence, index, mapped):
     frames, masks = jump_sequence
     engine = Engine.build(frames[0], masks[0].astype(bool), TrackerSettings(), SPACING)
-    keyframe = Keyframe(5, frames[5], masks[5].astype(bool))
+    keyframe = Keyframe(index - 1, frames[index - 1], masks[index - 1].astype(bool))
     result = engine.track_frame(
-        frames[6], masks[5].astype(bool), 6, schedule=FLOW_RUNG, keyframe=keyframe
+        frames[index], masks[index - 1].astype(bool), index, schedule=FLOW_RUNG, keyframe=keyframe
     )
     assert result.source == "registration" and result.candidate == "flow"
-    assert "mapped onto frame 5" in result.candidate_reason
-    assert _centre_error_px(result.mask, masks[6]) < 0.5
-
-
-def test_while_the_motion_is_fine_the_flow_rung_keeps_its_reference(jump_sequence):
-    frames, masks = jump_sequence
-    engine = Engine.build(frames[0], masks[0].astype(bool), TrackerSettings(), SPACING)
-    keyframe = Keyframe(1, frames[1], masks[1].astype(bool))
-    result = engine.track_frame(
-        frames[2], masks[1].astype(bool), 2, schedule=FLOW_RUNG, keyframe=keyframe
-    )
-    assert result.source == "registration" and "mapped onto" not in result.candidate_reason
-    assert _centre_error_px(result.mask, masks[2]) < 0.5
+    if mapped:
+        assert mapped in result.candidate_reason
+    else:
+        assert "mapped onto" not in result.candidate_reason
+    assert _centre_error_px(result.mask, masks[index]) < 0.5
 
 
 class TimedWorker:
