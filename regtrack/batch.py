@@ -231,10 +231,12 @@ def track_and_score(
     *,
     restart: bool = False,
     return_fields: bool = False,
+    start: int = 0,
 ) -> dict:
     """Track one case folder into ``run_dir`` (resuming a partial run); score it if labelled.
 
-    Gate fallbacks are counted, not warned about frame by frame.
+    Gate fallbacks are counted, not warned about frame by frame. ``start``: track from that
+    frame, its label as the given mask (:func:`regtrack.io.case_from_frame`).
 
     Returns
     -------
@@ -244,11 +246,11 @@ def track_and_score(
         (:data:`regtrack.metrics.METRIC_NAMES`) and ``n_frames_scored``; the scores are
         None for a case without labels.
     """
-    from .io import read_case
+    from .io import case_from_frame, read_case
     from .run import track_case
     from .runfolder import RunFiles, read_records
 
-    case = read_case(case_dir)
+    case = case_from_frame(read_case(case_dir), start)
     files = RunFiles(Path(run_dir))
     done_before = 0 if restart else len(read_records(files.records))
     with warnings.catch_warnings():

@@ -56,6 +56,7 @@ __all__ = [
     "FrameReader",
     "Geometry",
     "case_from_arrays",
+    "case_from_frame",
     "container_output_path",
     "output_path_for",
     "read_case",
@@ -188,6 +189,17 @@ class Geometry:
         size = list(self.size)
         size[self.time_axis] = int(n_frames)
         return Geometry(tuple(size), self.spacing, self.origin, self.direction, self.time_axis)
+
+    def from_frame(self, start: int) -> Geometry:
+        """The frames ``start``, ``start + 1``, ... of this geometry: fewer frames, and the
+        origin moved along the time axis to frame ``start``."""
+        n = len(self.size)
+        direction = np.reshape(self.direction, (n, n))
+        step = direction[:, self.time_axis] * self.spacing[self.time_axis] * start
+        origin = tuple(float(o) for o in np.add(self.origin, step))
+        size = list(self.size)
+        size[self.time_axis] -= int(start)
+        return Geometry(tuple(size), self.spacing, origin, self.direction, self.time_axis)
 
 
 def _frame_axes(size: tuple[int, ...], time_axis: int) -> tuple[int, int]:
@@ -658,6 +670,49 @@ def read_case(
             if p
         },
         **metadata,
+    )
+
+
+def case_from_frame(case: Case, start: int) -> Case:
+    """``case`` tracked from frame ``start``: frames ``start``, ``start + 1``, ... with the
+    label of frame ``start`` as the given mask.
+
+    Every frame is mapped onto the frame whose mask is given, so that frame's noise is in
+    every answer; a later start is a new draw of it on the same anatomy and motion (a sweep's
+    ``starts``). The frames are read into memory.
+
+    Raises
+    ------
+    ValueError
+        When the case has no labels, ``start`` leaves fewer than 2 frames, or the label of
+        frame ``start`` is empty.
+    """
+    if start == 0:
+        return case
+    n_frames = len(case.frames)
+    if case.labels is None:
+        raise ValueError(
+            f"case {case.name} has no labels: tracking it from frame {start} needs the label "
+            f"of that frame (targets/{case.name}_labels.mha); start it from frame 0 only"
+        )
+    if not 0 < start <= n_frames - 2:
+        raise ValueError(
+            f"case {case.name} has {n_frames} frames: a start at frame {start} leaves fewer "
+            f"than 2; start at most at frame {n_frames - 2}"
+        )
+    first_mask = as_binary_mask(np.asarray(case.labels[start]), f"the label of frame {start}")
+    files = {k: v for k, v in (case.files or {}).items() if k != "mask"}  # the mask: a label
+    return Case(
+        name=case.name,
+        frames=case.frames[start:],
+        first_mask=first_mask,
+        labels=case.labels[start:],
+        spacing_mm=case.spacing_mm,
+        geometry=None if case.geometry is None else case.geometry.from_frame(start),
+        frame_rate_hz=case.frame_rate_hz,
+        field_strength_t=case.field_strength_t,
+        scanned_region=case.scanned_region,
+        files=files,
     )
 
 

@@ -16,6 +16,7 @@ from regtrack.io import (
     FrameReader,
     Geometry,
     case_from_arrays,
+    case_from_frame,
     output_path_for,
     read_case,
     read_mask,
@@ -182,6 +183,47 @@ def test_write_masks_matches_input_geometry(tmp_path: Path) -> None:
     np.testing.assert_array_equal(values, _labels().transpose(2, 1, 0))
     assert b"CompressedData = True" in out.read_bytes()[:400]
     assert sorted(p.name for p in out.parent.iterdir()) == ["output.mha"]  # no temp left
+
+
+def _mask_file(tmp_path: Path) -> Path:
+    """The first mask as one frame of the oblique sequence (ITK size (1, H, W))."""
+    return _write(
+        tmp_path / "m.mha", _mask().astype(np.uint8).T[:, :, None].copy(), (0.25, *SPACING)
+    )
+
+
+def test_case_from_frame_starts_at_that_frame_with_its_label(tmp_path: Path) -> None:
+    seq = _oblique_sequence(tmp_path)
+    labels = _write(tmp_path / "labels.mha", _labels().transpose(2, 1, 0).copy(), (0.25, *SPACING))
+    case = read_case(seq, mask=_mask_file(tmp_path), labels=labels)
+    later = case_from_frame(case, 2)
+    np.testing.assert_array_equal(later.frames, _frames()[2:])
+    np.testing.assert_array_equal(later.labels, _labels()[2:])
+    np.testing.assert_array_equal(later.first_mask, _labels()[2].astype(bool))
+    assert later.first_mask.dtype == bool and "mask" not in later.files
+    assert (later.name, later.spacing_mm) == (case.name, case.spacing_mm)
+    assert case_from_frame(case, 0) is case
+    # Written like the input from frame 2 on: frame 0 of the output lies where frame 2 was.
+    out = write_masks(tmp_path / "out.mha", later.labels, geometry=later.geometry)
+    written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(seq))
+    assert written.GetSize() == (T - 2, *source.GetSize()[1:])
+    assert written.GetOrigin() == pytest.approx(source.TransformIndexToPhysicalPoint((2, 0, 0)))
+    assert written.GetDirection() == pytest.approx(source.GetDirection())
+
+
+def test_case_from_frame_names_what_is_missing(tmp_path: Path) -> None:
+    seq = _oblique_sequence(tmp_path)
+    mask = _mask_file(tmp_path)
+    with pytest.raises(ValueError, match="has no labels.*start it from frame 0"):
+        case_from_frame(read_case(seq, mask=mask), 1)
+    labels = _labels()
+    labels[3] = 0
+    labels = _write(tmp_path / "labels.mha", labels.transpose(2, 1, 0).copy(), (0.25, *SPACING))
+    case = read_case(seq, mask=mask, labels=labels)
+    with pytest.raises(ValueError, match=f"has {T} frames.*start at most at frame {T - 2}"):
+        case_from_frame(case, T - 1)
+    with pytest.raises(ValueError, match="the label of frame 3 is empty"):
+        case_from_frame(case, 3)
 
 
 def test_write_masks_without_geometry_uses_trackrad_layout(tmp_path: Path) -> None:

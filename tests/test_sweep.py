@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from regtrack.cli import main
 from regtrack.phantom import BENCHMARK_SPECS, generate_phantom, write_phantom_case
@@ -155,6 +156,13 @@ BAD_SPECS = {
         3,
         "10000",
     ),
+    "starts not distinct": ('cases = ["data/*/"]\nstarts = [0, 2, 2]\n', 2, "distinct frame"),
+    "negative start": ('cases = ["data/*/"]\nstarts = [0, -1]\n', 2, "distinct frame"),
+    "start past the frames": (
+        'cases = ["data/lung_slide"]\nstarts = [0, 3]\n',
+        2,
+        "start at most at frame 2",
+    ),
     "preset that is not a parameter file": (
         'cases = ["data/*/"]\npreset = "data/lung_slide/frame-rate.json"\n',
         2,
@@ -255,7 +263,9 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
     real_run_task, started = sweep_execute.run_task, []
 
     def interrupted_on_third(payload):
-        started.append((payload["case"], payload["setting_id"], payload["repeat"]))
+        started.append(
+            (payload["case"], payload["setting_id"], payload["repeat"], payload["start"])
+        )
         row = real_run_task(payload)
         if len(started) == 3:
             raise KeyboardInterrupt  # Ctrl-C after the third task ran, before its row is kept
@@ -276,7 +286,9 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
     started.clear()
 
     def counted(payload):
-        started.append((payload["case"], payload["setting_id"], payload["repeat"]))
+        started.append(
+            (payload["case"], payload["setting_id"], payload["repeat"], payload["start"])
+        )
         return real_run_task(payload)
 
     monkeypatch.setattr(sweep_execute, "run_task", counted)
@@ -285,10 +297,12 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
     assert summary.skipped == 2 and len(started) == len(all_keys) - 2
     with open_results(out) as db:
         rows = db.rows()
-    assert {(r["case_name"], r["setting_id"], r["repeat"]) for r in rows} == all_keys
+    assert {(r["case_name"], r["setting_id"], r["repeat"], r["start"]) for r in rows} == all_keys
     assert all(r["status"] == "ok" for r in rows)
     # Only the interrupted task ran twice (its run folder counts both starts).
-    attempts = {(r["case_name"], r["setting_id"], r["repeat"]): r["attempts"] for r in rows}
+    attempts = {
+        (r["case_name"], r["setting_id"], r["repeat"], r["start"]): r["attempts"] for r in rows
+    }
     assert {k for k, n in attempts.items() if n > 1} == {interrupted}
 
     # A failed row stays failed on --resume, and is rerun with --retry-failed.
@@ -296,7 +310,7 @@ def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, m
     with sqlite3.connect(out / "results.sqlite") as connection:
         connection.execute(
             "UPDATE results SET status = 'failed', error = 'injected' WHERE case_name = ? "
-            "AND setting_id = ? AND repeat = ?",
+            "AND setting_id = ? AND repeat = ? AND start = ?",
             victim,
         )
     assert run_sweep(spec, out, scheduler="synchronous", progress=False, resume=True).ran == []
@@ -344,6 +358,55 @@ def test_unlabelled_case_is_tracked_and_timed_and_left_unscored(cases, tmp_path,
         assert entry["cases_scored"] == 1 and entry["dsc"] == pytest.approx(lung[0]["dsc"])
         times = [r["s_per_frame"] for r in rows if r["setting_id"] == entry["setting_id"]]
         assert entry["s_per_frame"] == pytest.approx(np.mean(times))  # both cases timed
+
+
+def test_starts_track_each_case_from_later_frames_and_are_averaged(cases, tmp_path):
+    spec = write_spec(
+        cases,
+        f"""
+        cases = ["data/lung_slide"]
+        starts = [0, 2]
+        {FAST}
+        """,
+        name="starts.toml",
+    )
+    tasks = load_sweep_spec(spec).tasks()
+    assert [(t.start, t.run_name) for t in tasks] == [
+        (0, tasks[0].setting.id),
+        (2, f"{tasks[0].setting.id}_f2"),
+    ]
+    out = tmp_path / "results"
+    summary = run_sweep(spec, out, scheduler="synchronous", progress=False)
+    assert summary.failed == 0 and len(summary.ran) == 2
+    with open_results(out) as db:
+        rows = {row["start"]: row for row in db.rows()}
+    assert rows[0]["n_frames"] == 4 and rows[2]["n_frames"] == 2  # frames 2 and 3
+    assert rows[2]["n_frames_scored"] == 1 and rows[2]["dsc"] is not None
+    later = sitk.ReadImage(str(out / "runs" / "lung_slide" / tasks[1].run_name / "output.mha"))
+    assert later.GetSize()[0] == 2  # TrackRAD: time on ITK axis 0
+    # The run from frame 2 is given frame 2's label: its output starts with it.
+    labels = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(cases / "data" / "lung_slide" / "targets" / "lung_slide_labels.mha"))
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(later)[..., 0], labels[..., 2])
+    (entry,) = sweep_report(out, plots=False)["ranking"]
+    assert entry["starts"] == [0, 2]
+    assert entry["dsc"] == pytest.approx((rows[0]["dsc"] + rows[2]["dsc"]) / 2)
+
+
+def test_results_of_a_sweep_from_before_starts_resume_as_start_0(cases, tmp_path):
+    spec = write_spec(cases, f'cases = ["data/lung_slide"]\n{FAST}', name="old.toml")
+    out = tmp_path / "results"
+    run_sweep(spec, out, scheduler="synchronous", progress=False)
+    with sqlite3.connect(out / "results.sqlite") as connection:  # the table as it was
+        connection.execute("ALTER TABLE results RENAME TO new")
+        names = [r[1] for r in connection.execute("PRAGMA table_info(new)") if r[1] != "start"]
+        connection.execute(f"CREATE TABLE results AS SELECT {', '.join(names)} FROM new")
+        connection.execute("DROP TABLE new")
+    with open_results(out) as db:
+        (key,) = db.keys()
+    assert key[3] == 0
+    assert run_sweep(spec, out, scheduler="synchronous", progress=False, resume=True).ran == []
 
 
 def test_cli_sweep_on_a_local_process_cluster_then_report(cases, tmp_path, capsys):

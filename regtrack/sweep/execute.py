@@ -1,8 +1,10 @@
-"""Running a sweep: one dask.distributed task per (case, setting, repeat), rows to SQLite.
+"""Running a sweep: one dask.distributed task per (case, setting, repeat, start), rows to
+SQLite.
 
 Each task gets a few hundred bytes (the case folder's path, the setting's values, where to
 write) and reads its case itself, so no image goes through the scheduler. It tracks the case
-with :func:`regtrack.run.track_case` into ``RESULTS/runs/<case>/<setting id>[_r<k>]/`` (the
+(from its start frame) with :func:`regtrack.run.track_case` into
+``RESULTS/runs/<case>/<setting id>[_r<k>][_f<start>]/`` (the
 per-frame ``frames.jsonl`` stays there), scores it with :func:`regtrack.metrics.evaluate_case`
 when the case has labels (an unlabelled case is tracked and timed, its scores left empty)
 and returns one small row. The client records each row in SQLite as its future completes.
@@ -44,7 +46,7 @@ class SweepSummary:
     skipped : int
         Tasks already recorded (``--resume``), not run again.
     ran : list of tuple
-        Keys (case, setting id, repeat) of the tasks run, in the order they finished.
+        Keys (case, setting id, repeat, start) of the tasks run, in the order they finished.
     failed : int
         How many of those failed.
     scored : int
@@ -72,7 +74,7 @@ def run_task(payload: dict) -> dict:
     ----------
     payload : dict
         ``case``, ``case_dir``, ``setting_id``, ``setting`` (values), ``label``, ``repeat``,
-        ``run_dir``, ``threads`` (int, or ``{"by_host": {ip: n}, "default": n}``) and
+        ``start`` (the frame tracking starts from), ``run_dir``, ``threads`` (int, or ``{"by_host": {ip: n}, "default": n}``) and
         ``client`` (host:pid of the caller, whose own ITK setting is restored afterwards).
 
     Returns
@@ -85,6 +87,7 @@ def run_task(payload: dict) -> dict:
         "case_name": payload["case"],
         "setting_id": payload["setting_id"],
         "repeat": payload["repeat"],
+        "start": payload.get("start", 0),
         "setting": payload["setting"],
         "label": payload["label"],
     }
@@ -96,7 +99,7 @@ def _track_and_score(payload: dict, run_dir: Path) -> dict:
     from regtrack.batch import track_and_score
 
     settings = Setting(payload["setting_id"], payload["setting"], {}).tracker_settings()
-    return track_and_score(payload["case_dir"], run_dir, settings)
+    return track_and_score(payload["case_dir"], run_dir, settings, start=payload.get("start", 0))
 
 
 # --------------------------------------------------------------------------- client side
@@ -114,7 +117,7 @@ def run_sweep(
     progress: bool = True,
     client=None,
 ) -> SweepSummary:
-    """Run every missing (case, setting, repeat) of a sweep and record its row.
+    """Run every missing (case, setting, repeat, start) of a sweep and record its row.
 
     Parameters
     ----------
@@ -176,12 +179,13 @@ def run_sweep(
         todo = [task for task in tasks if task.key not in done]
         summary.skipped = len(tasks) - len(todo)
         logger.info(
-            "sweep %s: %d case(s) x %d setting(s) x %d repeat(s) = %d task(s); "
+            "sweep %s: %d case(s) x %d setting(s) x %d repeat(s) x %d start(s) = %d task(s); "
             "%d already recorded, %d to run",
             spec.name,
             len(spec.cases),
             len(spec.settings()),
             spec.repeats,
+            len(spec.starts),
             len(tasks),
             summary.skipped,
             len(todo),
@@ -242,6 +246,7 @@ def _payload(task: SweepTask, out: Path) -> dict:
         "setting": task.setting.values,
         "label": task.setting.label,
         "repeat": task.repeat,
+        "start": task.start,
         "run_dir": str(out / "runs" / task.case / task.run_name),
         "client": process_id(),
     }
@@ -256,15 +261,18 @@ def _record_all(
     with tqdm(total=n_tasks, unit="task", disable=not progress, dynamic_ncols=True) as bar:
         for row in rows:
             db.record(row)
-            summary.ran.append((row["case_name"], row["setting_id"], row["repeat"]))
+            summary.ran.append(
+                (row["case_name"], row["setting_id"], row["repeat"], row.get("start", 0))
+            )
             summary.failed += row["status"] != "ok"
             summary.scored += row.get("n_frames_scored") is not None
             if row["status"] != "ok":
                 logger.warning(
-                    "failed: %s %s (r%d): %s",
+                    "failed: %s %s (r%d, from frame %d): %s",
                     row["case_name"],
                     row["label"],
                     row["repeat"],
+                    row.get("start", 0),
                     row["error"],
                 )
             bar.set_postfix(
@@ -285,7 +293,7 @@ def _rows(payloads, scheduler, workers, threads_per_task, client):
         workers=workers,
         threads_per_task=threads_per_task,
         client=client,
-        key=lambda p: f"regtrack-sweep-{p['case']}-{p['setting_id']}-r{p['repeat']}",
+        key=lambda p: f"regtrack-sweep-{p['case']}-{p['setting_id']}-r{p['repeat']}-f{p['start']}",
         on_lost=_lost_row,
         say=logger.info,
     )
@@ -297,6 +305,7 @@ def _lost_row(payload: dict, error: Exception) -> dict:
         "case_name": payload["case"],
         "setting_id": payload["setting_id"],
         "repeat": payload["repeat"],
+        "start": payload.get("start", 0),
         "setting": payload["setting"],
         "label": payload["label"],
         "run_dir": payload["run_dir"],

@@ -1,7 +1,7 @@
 """Reports of a sweep: ranking tables (all cases, per scanned site), plots, JSON and markdown.
 
-Per setting, each case's repeats are averaged first, then the cases (each case counts once,
-as in the official mean over cases). Only ``ok`` rows are averaged; a setting that failed on
+Per setting, each case's repeats and starts (the frames it was tracked from) are averaged
+first, then the cases (each case counts once, as in the official mean over cases). Only ``ok`` rows are averaged; a setting that failed on
 some case is ranked after the complete ones, since its mean leaves that case out. A case
 without labels has no scores: it counts in the time per frame, not in the score means, and
 the report says how many cases were scored.
@@ -145,7 +145,7 @@ def _label(values: dict, axes: list[str]) -> str:
 
 
 def _case_means(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """(setting, case) -> metric means over that case's ok repeats."""
+    """(setting, case) -> metric means over that case's ok repeats and starts."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         if row["status"] == "ok":
@@ -181,10 +181,12 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
                 "setting": row["setting"],
                 "cases": set(),
                 "scored": set(),
+                "starts": set(),
                 "failed_rows": 0,
             },
         )
         entry["cases"].add(row["case_name"])
+        entry["starts"].add(row.get("start") or 0)
         if row["status"] == "ok" and row.get("n_frames_scored") is not None:
             entry["scored"].add(row["case_name"])
         entry["failed_rows"] += row["status"] != "ok"
@@ -197,6 +199,7 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
                 "cases": len(entry["cases"]),
                 "cases_ok": len(cases),
                 "cases_scored": len(entry["scored"]),
+                "starts": sorted(entry["starts"]),
                 **{m: _mean([c[m] for c in cases]) for m in _KEYS},
             }
         )

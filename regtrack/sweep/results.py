@@ -1,4 +1,5 @@
-"""The results table: one SQLite row per (case, setting, repeat), written as each task ends.
+"""The results table: one SQLite row per (case, setting, repeat, start), written as each task
+ends.
 
 Only the client writes (one connection, one commit per row), so a sweep killed at any moment
 leaves every finished row on disk and no half row: SQLite commits are atomic. The primary key
@@ -22,6 +23,7 @@ COLUMNS = (
     ("case_name", "TEXT NOT NULL"),
     ("setting_id", "TEXT NOT NULL"),
     ("repeat", "INTEGER NOT NULL"),
+    ("start", "INTEGER NOT NULL DEFAULT 0"),  # the frame tracking started from
     ("status", "TEXT NOT NULL"),  # ok | failed
     ("error", "TEXT"),
     ("setting", "TEXT"),  # JSON: the setting's values
@@ -45,6 +47,7 @@ COLUMNS = (
     ("finished_at", "REAL"),  # unix time the client recorded the row
 )
 _NAMES = tuple(name for name, _ in COLUMNS)
+_KEY = ("case_name", "setting_id", "repeat", "start")
 
 
 class ResultsDB:
@@ -61,15 +64,28 @@ class ResultsDB:
         # The client is the only writer; a generous timeout covers a report reading meanwhile.
         self.connection = sqlite3.connect(self.path, timeout=30)
         self.connection.row_factory = sqlite3.Row
-        columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
         with self.connection:
-            self.connection.execute(
-                f"CREATE TABLE IF NOT EXISTS results ({columns}, "
-                "PRIMARY KEY (case_name, setting_id, repeat))"
-            )
+            self._create_results()
             self.connection.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
             )
+
+    def _create_results(self) -> None:
+        """The results table; one written before starts existed gets them (all 0) in its key."""
+        found = [r[1] for r in self.connection.execute("PRAGMA table_info(results)")]
+        if found and "start" not in found:  # one transaction: a crash leaves the old table
+            self.connection.execute("BEGIN")
+            self.connection.execute("ALTER TABLE results RENAME TO results_before_starts")
+        columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
+        self.connection.execute(
+            f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(_KEY)}))"
+        )
+        if found and "start" not in found:
+            names = ", ".join(f'"{name}"' for name in found)
+            self.connection.execute(
+                f"INSERT INTO results ({names}) SELECT {names} FROM results_before_starts"
+            )
+            self.connection.execute("DROP TABLE results_before_starts")
 
     def __enter__(self) -> Self:
         return self
@@ -99,16 +115,16 @@ class ResultsDB:
         query, args = "SELECT * FROM results", ()
         if status:
             query, args = query + " WHERE status = ?", (status,)
-        query += " ORDER BY case_name, setting_id, repeat"
+        query += f" ORDER BY {', '.join(_KEY)}"
         rows = [dict(r) for r in self.connection.execute(query, args)]
         for row in rows:
             row["setting"] = json.loads(row["setting"]) if row["setting"] else {}
         return rows
 
-    def keys(self, statuses=("ok", "failed")) -> set[tuple[str, str, int]]:
-        """Primary keys of the rows with one of ``statuses``."""
+    def keys(self, statuses=("ok", "failed")) -> set[tuple[str, str, int, int]]:
+        """Primary keys (case, setting id, repeat, start) of the rows with one of ``statuses``."""
         marks = ", ".join("?" * len(statuses))
-        query = f"SELECT case_name, setting_id, repeat FROM results WHERE status IN ({marks})"
+        query = f"SELECT {', '.join(_KEY)} FROM results WHERE status IN ({marks})"
         return {tuple(r) for r in self.connection.execute(query, tuple(statuses))}
 
     def count(self) -> int:

@@ -5,6 +5,7 @@ A spec reads::
     cases = ["data/*/", "more/P017"]     # TrackRAD case folders or globs, relative to this file
     preset = "bspline_ncc"               # base preset (optional; an axis may vary it instead)
     repeats = 1                          # runs per (case, setting), optional
+    starts = [0, 10, 20]                 # frames tracking starts from, optional (default [0])
 
     [set]                                # fixed for every setting, optional
     MaximumNumberOfIterations = [60, 60, 60]
@@ -37,7 +38,7 @@ from typing import Any
 __all__ = ["Setting", "SweepSpec", "SweepTask", "load_sweep_spec", "parse_sweep_spec"]
 
 #: Top-level keys of a spec.
-SPEC_KEYS = ("cases", "preset", "repeats", "set", "axes", "name")
+SPEC_KEYS = ("cases", "preset", "repeats", "starts", "set", "axes", "name")
 #: Words that mean None for an optional TrackerSettings field (TOML has no null).
 _NONE_WORDS = ("none", "auto", "default", "preset")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -82,22 +83,27 @@ class Setting:
 
 @dataclass(frozen=True)
 class SweepTask:
-    """One unit of work: a case, a setting and a repeat number (0-based)."""
+    """One unit of work: a case, a setting, a repeat number (0-based) and the frame tracking
+    starts from (its label the given mask; :func:`regtrack.io.case_from_frame`)."""
 
     case: str
     case_dir: str
     setting: Setting
     repeat: int
+    start: int = 0
 
     @property
-    def key(self) -> tuple[str, str, int]:
+    def key(self) -> tuple[str, str, int, int]:
         """The results table's primary key."""
-        return (self.case, self.setting.id, self.repeat)
+        return (self.case, self.setting.id, self.repeat, self.start)
 
     @property
     def run_name(self) -> str:
-        """Folder of the run under ``runs/<case>/``: the setting id, ``_r<k>`` for k > 0."""
-        return self.setting.id if self.repeat == 0 else f"{self.setting.id}_r{self.repeat}"
+        """Folder of the run under ``runs/<case>/``: the setting id, ``_r<k>`` for repeat
+        k > 0, ``_f<n>`` for a start at frame n > 0."""
+        repeat = f"_r{self.repeat}" if self.repeat else ""
+        start = f"_f{self.start}" if self.start else ""
+        return f"{self.setting.id}{repeat}{start}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,8 @@ class SweepSpec:
     axes : dict of str to list
         Axis name to its values, in file order.
     repeats : int
+    starts : tuple of int
+        Frames each (case, setting, repeat) is tracked from; (0,) unless the spec says.
     name : str
     """
 
@@ -126,6 +134,7 @@ class SweepSpec:
     base: dict = field(default_factory=dict)
     axes: dict[str, list] = field(default_factory=dict)
     repeats: int = 1
+    starts: tuple[int, ...] = (0,)
     name: str = ""
 
     def settings(self) -> list[Setting]:
@@ -133,13 +142,14 @@ class SweepSpec:
         return expand_grid(self.base, self.axes)
 
     def tasks(self) -> list[SweepTask]:
-        """Every (case, setting, repeat), case-major so each case's runs sit together."""
+        """Every (case, setting, repeat, start), case-major so each case's runs sit together."""
         settings = self.settings()
         return [
-            SweepTask(case, str(folder), setting, repeat)
+            SweepTask(case, str(folder), setting, repeat, start)
             for case, folder in self.cases.items()
             for setting in settings
             for repeat in range(self.repeats)
+            for start in self.starts
         ]
 
 
@@ -294,13 +304,17 @@ def parse_sweep_spec(text: str, path) -> SweepSpec:
             f"{name!r} is both fixed and an axis",
             "keep it in [axes] only, or remove it from [axes] to fix it for every setting",
         )
+    cases = _read_cases(data, source, root)
+    starts = _read_starts(data, source)
+    _check_starts_fit(cases, starts, source)
     return SweepSpec(
         path=path,
         text=text,
-        cases=_read_cases(data, source, root),
+        cases=cases,
         base=base,
         axes=axes,
         repeats=_read_repeats(data, source),
+        starts=starts,
         name=str(data.get("name", path.stem)),
     )
 
@@ -333,6 +347,47 @@ def _read_repeats(data: dict, source: _SpecText) -> int:
             "write e.g. repeats = 3",
         )
     return repeats
+
+
+def _read_starts(data: dict, source: _SpecText) -> tuple[int, ...]:
+    starts = data.get("starts", [0])
+    whole = isinstance(starts, list) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in starts
+    )
+    if not whole or not starts or len(set(starts)) != len(starts):
+        raise source.error(
+            source.line_of("starts"),
+            f"starts must be a list of distinct frame numbers >= 0, got {starts!r}",
+            "write e.g. starts = [0, 10, 20] (frames a case is tracked from; a start other "
+            "than 0 needs the case's labels)",
+        )
+    return tuple(starts)
+
+
+def _check_starts_fit(cases: dict[str, Path], starts: tuple[int, ...], source: _SpecText) -> None:
+    """A start other than 0 needs the case's labels and 2 frames from it (headers read only)."""
+    if max(starts) == 0:
+        return
+    from regtrack.io import read_case
+
+    line = source.line_of("starts")
+    for name, folder in cases.items():
+        case = read_case(folder)
+        if case.labels is None:
+            raise source.error(
+                line,
+                f"case {name} has no labels (targets/{name}_labels.mha), and a start other "
+                "than 0 takes the label of its frame as the given mask",
+                f"leave {name} out, or write starts = [0]",
+            )
+        last = len(case.frames) - 2
+        if max(starts) > last:
+            raise source.error(
+                line,
+                f"case {name} has {len(case.frames)} frames: a start at frame {max(starts)} "
+                "leaves fewer than 2",
+                f"start at most at frame {last}, or leave {name} out",
+            )
 
 
 def _read_base(data: dict, source: _SpecText, root: Path) -> dict:
