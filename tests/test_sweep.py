@@ -22,6 +22,7 @@ from regtrack.sweep import (
     open_results,
     pareto_front,
     parse_sweep_spec,
+    rank_settings,
     run_sweep,
     sweep_report,
 )
@@ -450,3 +451,37 @@ def test_pareto_front_keeps_points_nothing_beats_on_time_and_accuracy():
     seconds = [0.1, 0.2, 0.3, 0.15, 0.3]
     accuracy = [0.90, 0.95, 0.97, 0.89, 0.96]
     assert pareto_front(seconds, accuracy).tolist() == [True, True, True, False, False]
+
+
+def test_each_setting_is_set_against_the_first_run_by_run():
+    def row(setting, case, start, dsc, cd):
+        return {
+            "setting_id": setting,
+            "setting": {"roi": setting == "a"},
+            "case_name": case,
+            "repeat": 0,
+            "start": start,
+            "status": "ok",
+            "n_frames_scored": 9,
+            "scanned_region": "thorax",
+            "dsc": dsc,
+            "centre_distance_mm": cd,
+            **{k: None for k in ("hd95_mm", "masd_mm", "relative_d98", "s_per_frame")},
+        }
+
+    # "a" has the better mean DSC (0.9 vs 0.85) from one large lead; "b" is better on 2 of 3
+    # runs. By centre distance "b" leads on the mean (0.4 vs 0.5) and "a" on 1 of 3 runs.
+    rows = [
+        row("a", "c1", 0, 0.95, 0.3),
+        row("a", "c1", 10, 0.85, 0.6),
+        row("a", "c2", 0, 0.90, 0.6),
+        row("b", "c1", 0, 0.70, 0.4),
+        row("b", "c1", 10, 0.90, 0.4),
+        row("b", "c2", 0, 0.95, 0.4),
+        row("b", "c3", 0, 0.99, 0.1),  # no run of "a" to set it against
+    ]
+    first, second = rank_settings(rows[:-1], by="dsc")
+    assert (first["setting_id"], first["beats_first"]) == ("a", None)
+    assert second["beats_first"] == [2, 3] and second["starts"] == [0, 10]
+    first, second = rank_settings(rows, by="centre_distance_mm")
+    assert first["setting_id"] == "b" and second["beats_first"] == [1, 3]

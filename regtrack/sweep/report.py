@@ -1,7 +1,9 @@
 """Reports of a sweep: ranking tables (all cases, per scanned site), plots, JSON and markdown.
 
 Per setting, each case's repeats and starts (the frames it was tracked from) are averaged
-first, then the cases (each case counts once, as in the official mean over cases). Only ``ok`` rows are averaged; a setting that failed on
+first, then the cases (each case counts once, as in the official mean over cases). Beside the means, each setting is set against the first
+one run by run (each case, repeat and start scored for both): a setting that beats it on
+about half of the runs is level with it, whatever the means say. Only ``ok`` rows are averaged; a setting that failed on
 some case is ranked after the complete ones, since its mean leaves that case out. A case
 without labels has no scores: it counts in the time per frame, not in the score means, and
 the report says how many cases were scored.
@@ -217,7 +219,27 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
     ranking.sort(key=order)
     for rank, entry in enumerate(ranking, 1):
         entry["rank"] = rank
+    _against_first(rows, ranking, by, higher)
     return ranking
+
+
+def _against_first(rows: list[dict], ranking: list[dict], by: str, higher: bool) -> None:
+    """Each entry's ``beats_first``: [runs where it scores better than the first setting, runs
+    scored for both] (a run: a case, repeat and start); None for the first itself."""
+    scores = {
+        (row["setting_id"], row["case_name"], row["repeat"], row.get("start") or 0): row[by]
+        for row in rows
+        if row["status"] == "ok" and row[by] is not None
+    }
+    first = ranking[0]["setting_id"] if ranking else None
+    for entry in ranking:
+        pairs = [
+            (value, scores[(first, *run)])
+            for (setting, *run), value in scores.items()
+            if setting == entry["setting_id"] and (first, *run) in scores
+        ]
+        better = sum(value > theirs if higher else value < theirs for value, theirs in pairs)
+        entry["beats_first"] = None if entry["setting_id"] == first else [better, len(pairs)]
 
 
 def site_table(rows: list[dict], axes: list[str]) -> list[dict]:
@@ -269,17 +291,25 @@ def _cell(value, decimals: int) -> str:
 def format_ranking(ranking: list[dict], *, by: str = "dsc") -> str:
     """Fixed-width ranking table (mean over cases)."""
     width = max(len("setting"), *(len(e["label"]) for e in ranking))
-    header = f"{'#':>3} {'id':<11} {'setting':<{width}} {'cases':>7} {'failed':>6}" + "".join(
-        f"{title:>10}" for _, title, _, _ in METRICS
+    header = (
+        f"{'#':>3} {'id':<11} {'setting':<{width}} {'cases':>7} {'failed':>6} {'beats #1':>9}"
+        + "".join(f"{title:>10}" for _, title, _, _ in METRICS)
     )
-    lines = [f"ranking by {by}, mean over cases", header, "-" * len(header)]
+    title = f"ranking by {by}, mean over cases; beats #1: runs (case, repeat, start) better"
+    lines = [title, header, "-" * len(header)]
     for e in ranking:
         lines.append(
             f"{e['rank']:>3} {e['setting_id']:<11} {e['label']:<{width}} "
-            f"{e['cases_ok']:>3}/{e['cases']:<3} {e['failed_rows']:>6}"
+            f"{e['cases_ok']:>3}/{e['cases']:<3} {e['failed_rows']:>6} {_runs(e):>9}"
             + "".join(f"{_cell(e[k], d):>10}" for k, _, d, _ in METRICS)
         )
     return "\n".join(lines)
+
+
+def _runs(entry: dict) -> str:
+    """``k/n`` of an entry's ``beats_first``, "-" for the first setting."""
+    counts = entry.get("beats_first")
+    return f"{counts[0]}/{counts[1]}" if counts else "-"
 
 
 def format_sites(by_site: list[dict]) -> str:
@@ -310,7 +340,10 @@ def _markdown(entries: list[dict], first: list[tuple[str, str]]) -> str:
 def _write_tables(folder: Path, report: dict) -> list[Path]:
     json_path, md_path = folder / "ranking.json", folder / "ranking.md"
     json_path.write_text(strict_json(report, indent=2, default=str))
-    ranking = [{**e, "cases": f"{e['cases_ok']}/{e['cases']}"} for e in report["ranking"]]
+    ranking = [
+        {**e, "cases": f"{e['cases_ok']}/{e['cases']}", "beats_first": _runs(e)}
+        for e in report["ranking"]
+    ]
     md_path.write_text(
         f"## Ranking by {report['by']} (mean over cases)\n\n"
         + _markdown(
@@ -321,6 +354,7 @@ def _write_tables(folder: Path, report: dict) -> list[Path]:
                 ("label", "setting"),
                 ("cases", "cases ok"),
                 ("failed_rows", "failed"),
+                ("beats_first", "beats #1 (runs)"),
             ],
         )
         + "\n\n## Per scanned site\n\n"
