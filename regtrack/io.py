@@ -374,6 +374,9 @@ class FrameReader:
         Frames per file read when iterating or indexing single frames. Default: 32, or as
         many frames as fit in 256 MiB when time is ITK axis 0, since every read of such a
         file (time is its fastest axis) touches the whole file.
+    first_frame : int, optional
+        The file's frame that is frame 0 here; the frames before it are left out
+        (:meth:`from_frame`).
 
     Attributes
     ----------
@@ -403,6 +406,7 @@ class FrameReader:
         dtype: Any = np.float32,
         chunk_size: int | None = None,
         what: str = "sequence",
+        first_frame: int = 0,
     ) -> None:
         self.path, self.what = Path(path), what
         self._reader = _open_reader(self.path, what)
@@ -416,6 +420,14 @@ class FrameReader:
                 f"time on ITK axis {axis}); tracking needs at least 2 frames. If time is on "
                 "another axis, pass time_axis="
             )
+        self.first_frame = int(first_frame)
+        if not 0 <= self.first_frame <= self.geometry.n_frames - 2:
+            raise ValueError(
+                f"{what} {self.path} has {self.geometry.n_frames} frames: from frame "
+                f"{self.first_frame} on fewer than 2 are left; start at most at frame "
+                f"{self.geometry.n_frames - 2}"
+            )
+        self.geometry = self.geometry.from_frame(self.first_frame)
         self.dtype = np.dtype(dtype)
         self.chunk_size = self._choose_chunk_size(chunk_size)
         self._cache: tuple[int, np.ndarray] | None = None
@@ -475,13 +487,13 @@ class FrameReader:
             )
         index = [0] * self.geometry.ndim
         size = list(self.geometry.size)
-        index[self.geometry.time_axis] = start
+        index[self.geometry.time_axis] = start + self.first_frame
         size[self.geometry.time_axis] = stop - start
         self._reader.SetExtractIndex(index)
         self._reader.SetExtractSize(size)
         image = _execute(self._reader, self.path, self.what)
         frames = _from_file_array(sitk.GetArrayViewFromImage(image), self.geometry, self.dtype)
-        self._check_finite(frames, start)
+        self._check_finite(frames, start + self.first_frame)  # the file's frame numbers
         return frames
 
     def _check_finite(self, frames: np.ndarray, start: int) -> None:
@@ -527,6 +539,17 @@ class FrameReader:
         for start in range(0, n, self.chunk_size):
             yield from self.read(start, min(start + self.chunk_size, n))
 
+    def from_frame(self, start: int) -> FrameReader:
+        """The same file from frame ``start`` of this reader on, as lazy as this one."""
+        return FrameReader(
+            self.path,
+            time_axis=self.geometry.time_axis,
+            dtype=self.dtype,
+            chunk_size=self.chunk_size,
+            what=self.what,
+            first_frame=self.first_frame + int(start),
+        )
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         frames = self.read(0, len(self))
         return frames if dtype is None else frames.astype(dtype, copy=False)
@@ -538,6 +561,7 @@ class FrameReader:
             "dtype": self.dtype,
             "chunk_size": self.chunk_size,
             "what": self.what,
+            "first_frame": self.first_frame,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -547,6 +571,7 @@ class FrameReader:
             dtype=state["dtype"],
             chunk_size=state["chunk_size"],
             what=state.get("what", "sequence"),
+            first_frame=state.get("first_frame", 0),
         )
 
 
@@ -679,7 +704,7 @@ def case_from_frame(case: Case, start: int) -> Case:
 
     Every frame is mapped onto the frame whose mask is given, so that frame's noise is in
     every answer; a later start is a new draw of it on the same anatomy and motion (a sweep's
-    ``starts``). The frames are read into memory.
+    ``starts``). Frames read from a file stay lazy (:meth:`FrameReader.from_frame`).
 
     Raises
     ------
@@ -704,9 +729,9 @@ def case_from_frame(case: Case, start: int) -> Case:
     files = {k: v for k, v in (case.files or {}).items() if k != "mask"}  # the mask: a label
     return Case(
         name=case.name,
-        frames=case.frames[start:],
+        frames=_from_frame(case.frames, start),
         first_mask=first_mask,
-        labels=case.labels[start:],
+        labels=_from_frame(case.labels, start),
         spacing_mm=case.spacing_mm,
         geometry=None if case.geometry is None else case.geometry.from_frame(start),
         frame_rate_hz=case.frame_rate_hz,
@@ -714,6 +739,10 @@ def case_from_frame(case: Case, start: int) -> Case:
         scanned_region=case.scanned_region,
         files=files,
     )
+
+
+def _from_frame(frames: FrameReader | np.ndarray, start: int) -> FrameReader | np.ndarray:
+    return frames.from_frame(start) if isinstance(frames, FrameReader) else frames[start:]
 
 
 def _find_layout(path: Path) -> _Layout:

@@ -203,6 +203,11 @@ def test_case_from_frame_starts_at_that_frame_with_its_label(tmp_path: Path) -> 
     assert later.first_mask.dtype == bool and "mask" not in later.files
     assert (later.name, later.spacing_mm) == (case.name, case.spacing_mm)
     assert case_from_frame(case, 0) is case
+    # Still read lazily, and a worker gets the same frames.
+    assert isinstance(later.frames, FrameReader) and later.frames.first_frame == 2
+    np.testing.assert_array_equal(later.frames[1], _frames()[3])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(later.frames))[:], _frames()[2:])
+    np.testing.assert_array_equal(later.frames.from_frame(1)[:], _frames()[3:])
     # Written like the input from frame 2 on: frame 0 of the output lies where frame 2 was.
     out = write_masks(tmp_path / "out.mha", later.labels, geometry=later.geometry)
     written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(seq))
