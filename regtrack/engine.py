@@ -92,7 +92,9 @@ class TrackerSettings:
         B-spline control-point spacing when the ROI is on (``FinalGridSpacingInPhysicalUnits``,
         unless given as an override): the crop is small, so a finer grid costs little and
         can follow the target's own deformation (through-plane change of its cross-section).
-        None keeps the preset's spacing.
+        None keeps the preset's spacing. The registration started from the flow
+        (``start``) keeps the preset's spacing (or the override): it corrects a map that is
+        already close, and a finer grid moved it further from the truth.
     flatten_sigma_mm : float
         Each frame is divided by its own Gaussian-smoothed copy (sigma in mm) before it is
         registered: the receive-coil bias field stays put while the anatomy moves under it,
