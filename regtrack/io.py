@@ -57,6 +57,7 @@ __all__ = [
     "Geometry",
     "case_from_arrays",
     "case_from_frame",
+    "check_start",
     "container_output_path",
     "output_path_for",
     "read_case",
@@ -714,17 +715,7 @@ def case_from_frame(case: Case, start: int) -> Case:
     """
     if start == 0:
         return case
-    n_frames = len(case.frames)
-    if case.labels is None:
-        raise ValueError(
-            f"case {case.name} has no labels: tracking it from frame {start} needs the label "
-            f"of that frame (targets/{case.name}_labels.mha); start it from frame 0 only"
-        )
-    if not 0 < start <= n_frames - 2:
-        raise ValueError(
-            f"case {case.name} has {n_frames} frames: a start at frame {start} leaves fewer "
-            f"than 2; start at most at frame {n_frames - 2}"
-        )
+    check_start(case, start)
     first_mask = as_binary_mask(np.asarray(case.labels[start]), f"the label of frame {start}")
     files = {k: v for k, v in (case.files or {}).items() if k != "mask"}  # the mask: a label
     return Case(
@@ -739,6 +730,22 @@ def case_from_frame(case: Case, start: int) -> Case:
         scanned_region=case.scanned_region,
         files=files,
     )
+
+
+def check_start(case: Case, start: int) -> None:
+    """ValueError unless ``case`` can be tracked from frame ``start`` (reads no frame): a
+    start other than 0 needs the case's labels and 2 frames from it on."""
+    n_frames = len(case.frames)
+    if start and case.labels is None:
+        raise ValueError(
+            f"case {case.name} has no labels: tracking it from frame {start} needs the label "
+            f"of that frame (targets/{case.name}_labels.mha); start it from frame 0 only"
+        )
+    if not 0 <= start <= n_frames - 2:
+        raise ValueError(
+            f"case {case.name} has {n_frames} frames: a start at frame {start} leaves fewer "
+            f"than 2; start at most at frame {n_frames - 2}"
+        )
 
 
 def _from_frame(frames: FrameReader | np.ndarray, start: int) -> FrameReader | np.ndarray:

@@ -395,6 +395,19 @@ def test_starts_track_each_case_from_later_frames_and_are_averaged(cases, tmp_pa
     assert entry["dsc"] == pytest.approx((rows[0]["dsc"] + rows[2]["dsc"]) / 2)
 
 
+def test_starts_on_a_case_without_labels_fail_before_anything_runs(cases, tmp_path):
+    unlabelled = cases / "nolabels" / "liver_small"
+    if not unlabelled.exists():
+        shutil.copytree(cases / "data" / "liver_small", unlabelled)
+        (unlabelled / "targets" / "liver_small_labels.mha").unlink()
+    spec = write_spec(cases, 'cases = ["nolabels/liver_small"]\nstarts = [0, 1]\n', "nl.toml")
+    with pytest.raises(ValueError, match=r"line 2: case liver_small has no labels.*Fix: leave"):
+        load_sweep_spec(spec)
+    out = tmp_path / "results"
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists()
+
+
 def test_results_of_a_sweep_from_before_starts_resume_as_start_0(cases, tmp_path):
     spec = write_spec(cases, f'cases = ["data/lung_slide"]\n{FAST}', name="old.toml")
     out = tmp_path / "results"

@@ -74,8 +74,8 @@ def run_task(payload: dict) -> dict:
     ----------
     payload : dict
         ``case``, ``case_dir``, ``setting_id``, ``setting`` (values), ``label``, ``repeat``,
-        ``start`` (the frame tracking starts from), ``run_dir``, ``threads`` (int, or ``{"by_host": {ip: n}, "default": n}``) and
-        ``client`` (host:pid of the caller, whose own ITK setting is restored afterwards).
+        ``start`` (the frame tracking starts from), ``run_dir``, ``threads`` (int, or
+        ``{"by_host": {ip: n}, "default": n}``) and ``client`` (host:pid of the caller, whose own ITK setting is restored afterwards).
 
     Returns
     -------
@@ -87,7 +87,7 @@ def run_task(payload: dict) -> dict:
         "case_name": payload["case"],
         "setting_id": payload["setting_id"],
         "repeat": payload["repeat"],
-        "start": payload.get("start", 0),
+        "start": payload["start"],
         "setting": payload["setting"],
         "label": payload["label"],
     }
@@ -99,7 +99,7 @@ def _track_and_score(payload: dict, run_dir: Path) -> dict:
     from regtrack.batch import track_and_score
 
     settings = Setting(payload["setting_id"], payload["setting"], {}).tracker_settings()
-    return track_and_score(payload["case_dir"], run_dir, settings, start=payload.get("start", 0))
+    return track_and_score(payload["case_dir"], run_dir, settings, start=payload["start"])
 
 
 # --------------------------------------------------------------------------- client side
@@ -261,9 +261,7 @@ def _record_all(
     with tqdm(total=n_tasks, unit="task", disable=not progress, dynamic_ncols=True) as bar:
         for row in rows:
             db.record(row)
-            summary.ran.append(
-                (row["case_name"], row["setting_id"], row["repeat"], row.get("start", 0))
-            )
+            summary.ran.append((row["case_name"], row["setting_id"], row["repeat"], row["start"]))
             summary.failed += row["status"] != "ok"
             summary.scored += row.get("n_frames_scored") is not None
             if row["status"] != "ok":
@@ -272,7 +270,7 @@ def _record_all(
                     row["case_name"],
                     row["label"],
                     row["repeat"],
-                    row.get("start", 0),
+                    row["start"],
                     row["error"],
                 )
             bar.set_postfix(
@@ -305,7 +303,7 @@ def _lost_row(payload: dict, error: Exception) -> dict:
         "case_name": payload["case"],
         "setting_id": payload["setting_id"],
         "repeat": payload["repeat"],
-        "start": payload.get("start", 0),
+        "start": payload["start"],
         "setting": payload["setting"],
         "label": payload["label"],
         "run_dir": payload["run_dir"],

@@ -1,10 +1,11 @@
 """Reports of a sweep: ranking tables (all cases, per scanned site), plots, JSON and markdown.
 
 Per setting, each case's repeats and starts (the frames it was tracked from) are averaged
-first, then the cases (each case counts once, as in the official mean over cases). Beside the means, each setting is set against the first
-one run by run (each case, repeat and start scored for both): a setting that beats it on
-about half of the runs is level with it, whatever the means say. Only ``ok`` rows are averaged; a setting that failed on
-some case is ranked after the complete ones, since its mean leaves that case out. A case
+first, then the cases (each case counts once, as in the official mean over cases). Beside the
+means, each setting is set against the first one run by run (each case, repeat and start
+scored for both): a setting that beats it on about half of the runs is level with it,
+whatever the means say. Only ``ok`` rows are averaged; a setting that failed on some case is
+ranked after the complete ones, since its mean leaves that case out. A case
 without labels has no scores: it counts in the time per frame, not in the score means, and
 the report says how many cases were scored.
 """
@@ -188,7 +189,7 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
             },
         )
         entry["cases"].add(row["case_name"])
-        entry["starts"].add(row.get("start") or 0)
+        entry["starts"].add(row["start"])
         if row["status"] == "ok" and row.get("n_frames_scored") is not None:
             entry["scored"].add(row["case_name"])
         entry["failed_rows"] += row["status"] != "ok"
@@ -227,7 +228,7 @@ def _against_first(rows: list[dict], ranking: list[dict], by: str, higher: bool)
     """Each entry's ``beats_first``: [runs where it scores better than the first setting, runs
     scored for both] (a run: a case, repeat and start); None for the first itself."""
     scores = {
-        (row["setting_id"], row["case_name"], row["repeat"], row.get("start") or 0): row[by]
+        (row["setting_id"], row["case_name"], row["repeat"], row["start"]): row[by]
         for row in rows
         if row["status"] == "ok" and row[by] is not None
     }

@@ -73,14 +73,15 @@ class ResultsDB:
     def _create_results(self) -> None:
         """The results table; one written before starts existed gets them (all 0) in its key."""
         found = [r[1] for r in self.connection.execute("PRAGMA table_info(results)")]
-        if found and "start" not in found:  # one transaction: a crash leaves the old table
+        migrating = bool(found) and "start" not in found
+        if migrating:  # one transaction: a crash leaves the old table
             self.connection.execute("BEGIN")
             self.connection.execute("ALTER TABLE results RENAME TO results_before_starts")
         columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
         self.connection.execute(
             f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(_KEY)}))"
         )
-        if found and "start" not in found:
+        if migrating:
             names = ", ".join(f'"{name}"' for name in found)
             self.connection.execute(
                 f"INSERT INTO results ({names}) SELECT {names} FROM results_before_starts"

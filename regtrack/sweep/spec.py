@@ -365,29 +365,18 @@ def _read_starts(data: dict, source: _SpecText) -> tuple[int, ...]:
 
 
 def _check_starts_fit(cases: dict[str, Path], starts: tuple[int, ...], source: _SpecText) -> None:
-    """A start other than 0 needs the case's labels and 2 frames from it (headers read only)."""
+    """Each case can be tracked from its latest start (file headers read, no frame)."""
     if max(starts) == 0:
         return
-    from regtrack.io import read_case
+    from regtrack.io import check_start, read_case
 
-    line = source.line_of("starts")
     for name, folder in cases.items():
-        case = read_case(folder)
-        if case.labels is None:
+        try:
+            check_start(read_case(folder), max(starts))
+        except ValueError as error:
             raise source.error(
-                line,
-                f"case {name} has no labels (targets/{name}_labels.mha), and a start other "
-                "than 0 takes the label of its frame as the given mask",
-                f"leave {name} out, or write starts = [0]",
-            )
-        last = len(case.frames) - 2
-        if max(starts) > last:
-            raise source.error(
-                line,
-                f"case {name} has {len(case.frames)} frames: a start at frame {max(starts)} "
-                "leaves fewer than 2",
-                f"start at most at frame {last}, or leave {name} out",
-            )
+                source.line_of("starts"), str(error), f"leave {name} out, or change starts"
+            ) from None
 
 
 def _read_base(data: dict, source: _SpecText, root: Path) -> dict:
