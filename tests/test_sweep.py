@@ -246,7 +246,9 @@ def test_failing_case_is_recorded_and_the_others_finish(cases, tmp_path, capsys)
         assert entry["dsc"] == pytest.approx(np.mean(dsc))
         assert entry["failed_rows"] == 1 and entry["cases_ok"] == 2
     assert [e["dsc"] for e in ranking] == sorted((e["dsc"] for e in ranking), reverse=True)
-    assert json.loads((folder / "ranking.json").read_text())["ranking"][0]["rank"] == 1
+    written = json.loads((folder / "ranking.json").read_text())["ranking"]
+    assert written[0]["rank"] == 1
+    assert all(e["scored"] == ["liver_small", "lung_slide"] for e in written)
 
 
 def test_interrupted_sweep_resumes_with_only_the_missing_rows(cases, tmp_path, monkeypatch):

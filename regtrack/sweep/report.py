@@ -202,6 +202,7 @@ def rank_settings(rows: list[dict], *, by: str = "dsc", axes: list[str] | None =
                 "cases": len(entry["cases"]),
                 "cases_ok": len(cases),
                 "cases_scored": len(entry["scored"]),
+                "scored": sorted(entry["scored"]),
                 "starts": sorted(entry["starts"]),
                 **{m: _mean([c[m] for c in cases]) for m in _KEYS},
             }
