@@ -388,7 +388,10 @@ def _checked_settings(args, out_dir: Path, output_file: Path | None):
 
 
 def run_summary(records_path: Path) -> str:
-    """One line: frames answered, fallbacks, and the long runs of fallbacks, from frames.jsonl."""
+    """One line from frames.jsonl: frames answered, fallbacks, the long runs of fallbacks, and
+    how far the registrations started from the fast tracker's map moved it."""
+    import statistics
+
     from .runfolder import LONG_FALLBACK_FRAMES, fallback_runs, read_records
 
     records = read_records(records_path)
@@ -401,6 +404,12 @@ def run_summary(records_path: Path) -> str:
         line += (
             f"; {len(long_runs)} runs of {LONG_FALLBACK_FRAMES}+ fallback frames (longest: "
             f"{length} frames from frame {first}): check those frames before trusting them"
+        )
+    moved = [r["start_correction_mm"] for r in records if r.get("start_correction_mm") is not None]
+    if moved:
+        line += (
+            f"; on {len(moved)} frames the registration moved the fast tracker's start by "
+            f"{statistics.median(moved):.2f} mm (median; largest {max(moved):.2f})"
         )
     return line
 

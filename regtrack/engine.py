@@ -224,7 +224,9 @@ class FrameResult:
     ``candidate`` says which map answered a registered frame ("registration" or "flow",
     :mod:`regtrack.candidates`; "" when none did) and ``candidate_reason`` why the flow was
     passed over. ``start`` is where the registration started: "translation" or "flow" (the fast
-    tracker's dense map, :mod:`regtrack.flowstart`).
+    tracker's dense map, :mod:`regtrack.flowstart`); ``start_correction_mm`` how far the
+    registration moved the target's centre from where that map put it (NaN unless a
+    registration started from the flow answered).
     """
 
     index: int
@@ -252,6 +254,7 @@ class FrameResult:
     candidate: str = ""
     candidate_reason: str = ""
     start: str = "translation"
+    start_correction_mm: float = float("nan")
 
     def record(self) -> dict:
         """The JSON-serialisable per-frame record (no arrays)."""
@@ -584,12 +587,19 @@ class Engine:
         """The fast tracker's map starts the registration; the flow answers if it fails."""
         box = box or (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
         flow_points, started, reason = self._flow_started(frame, fixed, box, shift, schedule)
+        mask = self._pulled_back(flow_points, box, previous.shape)
         if started is not None:
             registration = started.registration
-            mask, reason = self._answer(started.points, box, previous, registration)
-            if mask is not None:
-                return _registered(mask, registration, start, candidate="registration", **common)
-        mask = self._pulled_back(flow_points, box, previous.shape)
+            answer, reason = self._answer(started.points, box, previous, registration)
+            if answer is not None:
+                return _registered(
+                    answer,
+                    registration,
+                    start,
+                    candidate="registration",
+                    start_correction_mm=self._moved(mask, answer),
+                    **common,
+                )
         return self._answer_by_flow(
             mask, previous, reason, f"{reason}; the flow too: ", start, common
         )
@@ -685,6 +695,12 @@ class Engine:
             agree_mm=self.settings.candidate_agree_mm,
             max_shift_mm=self.settings.flow_max_shift_mm,
         )
+
+    def _moved(self, before, after) -> float:
+        """How far (mm) the centre of mask ``after`` lies from that of ``before`` (NaN if
+        either is empty)."""
+        apart = centroid_mm(after, self.spacing_mm) - centroid_mm(before, self.spacing_mm)
+        return float(np.hypot(*apart))
 
     def _centroid(self, points) -> np.ndarray | None:
         """Centroid (mm, within the part) of mask(0) pulled back by ``points``; None if empty."""

@@ -97,6 +97,26 @@ def test_auto_starts_from_the_flow_while_the_motion_is_fine_and_from_the_shift_a
         assert np.hypot(*error) < 0.5
 
 
+def test_frames_record_how_far_the_registration_moved_its_start(phantom):
+    from regtrack.engine import Engine
+
+    def engine(**settings):  # frame 0 as the reference: the same start for both on every frame
+        settings = TrackerSettings(start="flow", reference="first", **settings)
+        return Engine.build(phantom.frames[0], phantom.first_mask, settings, phantom.spacing_mm)
+
+    registered, alone = engine(), engine(start_only=True)
+    moved = []
+    for index in range(1, len(phantom.frames)):
+        frame, previous = phantom.frames[index], phantom.masks[index - 1]
+        answer = registered.track_frame(frame, previous, index)
+        start = alone.track_frame(frame, previous, index)
+        apart = np.subtract(ndimage.center_of_mass(answer.mask), ndimage.center_of_mass(start.mask))
+        assert answer.record()["start_correction_mm"] == pytest.approx(np.hypot(*apart), abs=1e-9)
+        assert np.isnan(start.start_correction_mm)  # the start answered
+        moved.append(answer.start_correction_mm)
+    assert max(moved) > 0.05  # the registration did move its start
+
+
 def test_start_only_answers_with_the_flow_and_says_so(phantom):
     settings = TrackerSettings(start="flow", start_only=True)
     results = list(iter_track(phantom.frames, phantom.first_mask, settings=settings, start=1))

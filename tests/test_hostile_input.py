@@ -1,6 +1,7 @@
 """Hostile input and options: one error line and exit 2 before anything is written, or a
 warning and a count, never silent garbage (issue 17)."""
 
+import json
 import subprocess
 import sys
 
@@ -176,3 +177,18 @@ def test_summary_counts_long_fallback_runs(tmp_path):
     line = run_summary(path)
     assert "11 frames, 6 fallback answers" in line
     assert "1 runs of 4+ fallback frames (longest: 5 frames from frame 4)" in line
+    assert "moved" not in line  # no registration started from the flow
+
+
+def test_summary_says_how_far_the_registration_moved_its_start(tmp_path):
+    moved = [None, 0.1, 0.4, None, 0.2]  # frame 0, three flow-started registrations, a flow answer
+    path = tmp_path / "frames.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"index": i, "source": "registration", "start_correction_mm": m}) + "\n"
+            for i, m in enumerate(moved)
+        )
+    )
+    line = run_summary(path)
+    assert "on 3 frames the registration moved the fast tracker's start by 0.20 mm" in line
+    assert "largest 0.40" in line
