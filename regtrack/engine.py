@@ -11,6 +11,7 @@ to a region of interest around the previous mask, then mask(0) is warped onto fr
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -378,11 +379,7 @@ class Engine:
         spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
         frame0 = flatten_intensity(frame0, settings.flatten_sigma_mm, spacing_mm)
         use_roi = _use_roi(settings, first_mask, spacing_mm)
-        parameter_maps = load_parameter_maps(settings.preset, _overrides(settings, use_roi))
-        if uses_native_impact(parameter_maps):
-            parameter_maps = resolve_native_models(
-                parameter_maps, checkpoint=settings.sam_checkpoint
-            )
+        parameter_maps = _loaded_maps(settings, _overrides(settings, use_roi))
         spec = feature_spec(parameter_maps)
         extractor = (
             FeatureExtractor(spec, frame0, checkpoint=settings.sam_checkpoint) if spec else None
@@ -401,7 +398,7 @@ class Engine:
         }
         start_maps = None
         if settings.start in ("flow", "auto"):
-            started = finest_level(load_parameter_maps(settings.preset, settings.overrides))
+            started = finest_level(_loaded_maps(settings, settings.overrides))
             if extractor:
                 started = expand_for_channels(started, extractor.weights)
             sizes = _trial_run(started, moving, spacing_mm, box, moving_box)
@@ -783,6 +780,15 @@ _START_ROOM_MM = 10.0
 _START_MAX_STEP_MM = 0.2
 
 
+def _loaded_maps(settings: TrackerSettings, overrides):
+    """The preset's maps with ``overrides``; a native IMPACT preset's model names (``"mind"``)
+    resolved to the TorchScript files the plugin loads."""
+    parameter_maps = load_parameter_maps(settings.preset, overrides)
+    if uses_native_impact(parameter_maps):
+        return resolve_native_models(parameter_maps, checkpoint=settings.sam_checkpoint)
+    return parameter_maps
+
+
 def finest_level(parameter_maps):
     """The maps reduced to their finest level at the preset's own grid spacing, with small
     steps: a registration that corrects a start that is already close (measured on
@@ -790,16 +796,44 @@ def finest_level(parameter_maps):
     grid or longer steps moved further from the truth)."""
     finest = itk_elastix.parameter_object()
     for index in range(parameter_maps.GetNumberOfParameterMaps()):
-        parameter_map = dict(parameter_maps.GetParameterMap(index))
+        parameter_map = _last_level(dict(parameter_maps.GetParameterMap(index)))
         parameter_map["NumberOfResolutions"] = ("1",)
         parameter_map["ImagePyramidSchedule"] = ("1", "1")
         parameter_map["GridSpacingSchedule"] = ("1",)
-        parameter_map["MaximumNumberOfIterations"] = parameter_map.get(
-            "MaximumNumberOfIterations", ("30",)
-        )[-1:]
+        parameter_map.setdefault("MaximumNumberOfIterations", ("30",))
         parameter_map["MaximumStepLength"] = (repr(_START_MAX_STEP_MM),)
         finest.AddParameterMap(parameter_map)
     return finest
+
+
+# Parameters elastix reads per resolution (entry k for level k; one entry serves all levels).
+_PER_LEVEL = (
+    "MaximumNumberOfIterations",
+    "NumberOfSpatialSamples",
+    "NumberOfHistogramBins",
+    "SP_a",
+    "SP_A",
+    "SP_alpha",
+)
+_IMPACT_LEVEL_KEY = re.compile(r"^(Impact[A-Za-z]+?)(\d+)$")  # ImpactVoxelSize2: level 2's
+
+
+def _last_level(parameter_map: dict) -> dict:
+    """The map's last level as a one-level map: per-level lists keep their last entry and
+    IMPACT's keys given per level (``ImpactVoxelSize{k}``, ...) the last level's, as level 0.
+    Else a one-level registration reads level 0's: the coarsest features and samples."""
+    levels = int(parameter_map.get("NumberOfResolutions", ("1",))[0])
+    out = {}
+    for key, values in parameter_map.items():
+        impact = _IMPACT_LEVEL_KEY.match(key)
+        if impact and f"{impact[1]}{levels - 1}" in parameter_map:  # given per level
+            if int(impact[2]) == levels - 1:
+                out[f"{impact[1]}0"] = values
+        elif key in _PER_LEVEL and len(values) == levels:
+            out[key] = values[-1:]
+        else:
+            out[key] = values
+    return out
 
 
 def _within(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[slice, slice]:

@@ -68,6 +68,32 @@ def test_the_finest_level_keeps_the_presets_last_iterations():
     assert finest["FinalGridSpacingInPhysicalUnits"] == preset["FinalGridSpacingInPhysicalUnits"]
 
 
+def test_the_finest_level_keeps_the_last_entry_of_per_level_lists():
+    maps = load_parameter_maps("bspline_ncc", {"NumberOfSpatialSamples": [500, 1000, 2000]})
+    finest = dict(finest_level(maps).GetParameterMap(0))
+    assert finest["NumberOfSpatialSamples"] == ("2000",)  # elastix reads entry 0 at one level
+
+
+def test_the_finest_level_of_native_impact_is_its_last_levels_features(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    import regtrack.engine
+    from regtrack.budget import LADDER
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(regtrack.engine, "_trial_run", lambda *args: None)  # needs the plugin
+    frame0 = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    mask = np.zeros((64, 64), bool)
+    mask[28:36, 28:36] = True
+    settings = TrackerSettings(preset="impact_native_mind")
+    engine = regtrack.engine.Engine.build(frame0, mask, settings, SPACING)
+    finest = dict(engine.start_maps[LADDER[0]].GetParameterMap(0))
+    last = dict(load_parameter_maps("impact_native_mind").GetParameterMap(0))
+    assert finest["ImpactVoxelSize0"] == last["ImpactVoxelSize2"] == ("1", "1")
+    assert not any(key.startswith(("ImpactVoxelSize1", "ImpactVoxelSize2")) for key in finest)
+    model = finest["ImpactModelsPath0"][0]  # the exported file the plugin loads, not "mind"
+    assert model.endswith("mind_native_7.pt") and (tmp_path / "regtrack" / "impact").is_dir()
+
+
 @pytest.fixture(scope="module")
 def phantom():
     return generate_phantom(n_frames=6)
