@@ -392,7 +392,7 @@ def run_summary(records_path: Path) -> str:
     how far the registrations started from the fast tracker's map moved it."""
     import statistics
 
-    from .runfolder import LONG_FALLBACK_FRAMES, fallback_runs, read_records
+    from .runfolder import LONG_FALLBACK_FRAMES, fallback_runs, read_records, start_corrections
 
     records = read_records(records_path)
     runs = fallback_runs(records)
@@ -405,7 +405,7 @@ def run_summary(records_path: Path) -> str:
             f"; {len(long_runs)} runs of {LONG_FALLBACK_FRAMES}+ fallback frames (longest: "
             f"{length} frames from frame {first}): check those frames before trusting them"
         )
-    moved = [r["start_correction_mm"] for r in records if r.get("start_correction_mm") is not None]
+    moved = start_corrections(records)
     if moved:
         line += (
             f"; on {len(moved)} frames the registration moved the fast tracker's start by "

@@ -43,6 +43,7 @@ __all__ = [
     "mark_written",
     "private_temp_dir",
     "read_records",
+    "start_corrections",
     "strict_json",
     "writing",
 ]
@@ -144,6 +145,13 @@ def fallback_runs(records: list[dict]) -> list[tuple[int, int]]:
         else:
             runs.append((index, 1))
     return runs
+
+
+def start_corrections(records: list[dict]) -> list[float]:
+    """How far each registration started from the fast tracker's map moved the target's centre
+    from where that map put it (mm, ``start_correction_mm``), over the frames that have one."""
+    moved = (r.get("start_correction_mm") for r in records)
+    return [m for m in moved if m is not None and math.isfinite(m)]
 
 
 # --------------------------------------------------------------------------- input fingerprints

@@ -157,6 +157,7 @@ _KNOWN_ANSWERS = [
         "source": "registration",
         "schedule": "it1/s1",
         "candidate": "registration",
+        "start_correction_mm": 0.125,
         "gate": "pass",
         "sam_score": 0.8,
         "reason": "SAM disagreed by 3.1 mm (moved 1.0 mm); kept registration",
@@ -308,6 +309,8 @@ def test_optional_record_keys_reach_the_timeline(synthetic_run, tmp_path):
     assert on_page["schedules"] == "full on 3 frames; 50 % iterations, 50 % samples on 1 frame"
     assert facts["candidates"] == {"flow": 1, "registration": 1}
     assert on_page["answered by"] == "flow on 1 frame; registration on 1 frame"
+    assert facts["start_correction_mm"] == {"frames": 1, "median": 0.125, "max": 0.125}
+    assert on_page["start moved by the registration"] == "0.12 mm median, 0.12 mm at most (1 frame)"
 
 
 def test_a_sam_only_run_is_not_a_run_of_fallbacks(synthetic_run, tmp_path):

@@ -389,6 +389,11 @@ def _fact_rows(run, facts: dict) -> list[tuple[str, str]]:
     if facts.get("candidates"):
         counts = (f"{name} on {n} frame{'s' * (n != 1)}" for name, n in facts["candidates"].items())
         rows.append(("answered by", "; ".join(counts)))
+    if facts.get("start_correction_mm"):
+        moved = facts["start_correction_mm"]
+        n = moved["frames"]
+        words = f"{moved['median']:.2f} mm median, {moved['max']:.2f} mm at most"
+        rows.append(("start moved by the registration", f"{words} ({n} frame{'s' * (n != 1)})"))
     if facts["scanned_region"]:
         rows.append(("scanned region", facts["scanned_region"]))
     rows.append(("ground truth", "yes" if facts["has_ground_truth"] else "no"))
