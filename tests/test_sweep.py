@@ -419,10 +419,19 @@ def test_results_of_a_sweep_from_before_starts_resume_as_start_0(cases, tmp_path
         names = [r[1] for r in connection.execute("PRAGMA table_info(new)") if r[1] != "start"]
         connection.execute(f"CREATE TABLE results AS SELECT {', '.join(names)} FROM new")
         connection.execute("DROP TABLE new")
-    with open_results(out) as db:
+    with open_results(out) as db:  # read as it is: a report changes nothing
         (key,) = db.keys()
-    assert key[3] == 0
+        (row,) = db.rows()
+    assert key[3] == row["start"] == 0
+    report = sweep_report(out, plots=False)
+    assert report["ranking"][0]["starts"] == [0]
+    with sqlite3.connect(out / "results.sqlite") as connection:
+        assert "start" not in [r[1] for r in connection.execute("PRAGMA table_info(results)")]
     assert run_sweep(spec, out, scheduler="synchronous", progress=False, resume=True).ran == []
+    with open_results(out) as db:  # the resumed sweep migrated it
+        assert "start" in db.rows()[0]
+    with sqlite3.connect(out / "results.sqlite") as connection:
+        assert "start" in [r[1] for r in connection.execute("PRAGMA table_info(results)")]
 
 
 def test_cli_sweep_on_a_local_process_cluster_then_report(cases, tmp_path, capsys):

@@ -57,18 +57,29 @@ class ResultsDB:
     ----------
     path : Path
         The SQLite file; created with its tables when missing.
+    read_only : bool
+        Open an existing file only to read it (reports): nothing is created or migrated, and
+        a table from before starts is read with its rows as start 0.
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         # The client is the only writer; a generous timeout covers a report reading meanwhile.
-        self.connection = sqlite3.connect(self.path, timeout=30)
+        if read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self.connection = sqlite3.connect(uri, uri=True, timeout=30)
+        else:
+            self.connection = sqlite3.connect(self.path, timeout=30)
         self.connection.row_factory = sqlite3.Row
-        with self.connection:
-            self._create_results()
-            self.connection.execute(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
-            )
+        if not read_only:
+            with self.connection:
+                self._create_results()
+                self.connection.execute(
+                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
+                )
+        found = {r[1] for r in self.connection.execute("PRAGMA table_info(results)")}
+        # A table from before starts, read as it is: its rows are start 0.
+        self._start = "" if "start" in found else ", 0 AS start"
 
     def _create_results(self) -> None:
         """The results table; one written before starts existed gets them (all 0) in its key."""
@@ -113,7 +124,7 @@ class ResultsDB:
 
     def rows(self, status: str | None = None) -> list[dict]:
         """All rows (optionally only one status), the setting parsed back into a dict."""
-        query, args = "SELECT * FROM results", ()
+        query, args = f"SELECT *{self._start} FROM results", ()
         if status:
             query, args = query + " WHERE status = ?", (status,)
         query += f" ORDER BY {', '.join(_KEY)}"
@@ -125,7 +136,8 @@ class ResultsDB:
     def keys(self, statuses=("ok", "failed")) -> set[tuple[str, str, int, int]]:
         """Primary keys (case, setting id, repeat, start) of the rows with one of ``statuses``."""
         marks = ", ".join("?" * len(statuses))
-        query = f"SELECT {', '.join(_KEY)} FROM results WHERE status IN ({marks})"
+        key = ", ".join(_KEY) if not self._start else ", ".join(_KEY[:-1]) + self._start
+        query = f"SELECT {key} FROM results WHERE status IN ({marks})"
         return {tuple(r) for r in self.connection.execute(query, tuple(statuses))}
 
     def count(self) -> int:
@@ -143,11 +155,11 @@ class ResultsDB:
 
 
 def open_results(results_dir) -> ResultsDB:
-    """Open the results table of an existing sweep folder (for reports)."""
+    """Open the results table of an existing sweep folder to read it (for reports)."""
     path = Path(results_dir) / RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{results_dir} holds no sweep results ({RESULTS_FILE} is missing); pass the "
             "folder given to `regtrack sweep SPEC --out RESULTS`."
         )
-    return ResultsDB(path)
+    return ResultsDB(path, read_only=True)
