@@ -390,8 +390,6 @@ def _checked_settings(args, out_dir: Path, output_file: Path | None):
 def run_summary(records_path: Path) -> str:
     """One line from frames.jsonl: frames answered, fallbacks, the long runs of fallbacks, and
     how far the registrations started from the fast tracker's map moved it."""
-    import statistics
-
     from .runfolder import LONG_FALLBACK_FRAMES, fallback_runs, read_records, start_corrections
 
     records = read_records(records_path)
@@ -408,8 +406,8 @@ def run_summary(records_path: Path) -> str:
     moved = start_corrections(records)
     if moved:
         line += (
-            f"; on {len(moved)} frames the registration moved the fast tracker's start by "
-            f"{statistics.median(moved):.2f} mm (median; largest {max(moved):.2f})"
+            f"; on {moved['frames']} frames the registration moved the fast tracker's start by "
+            f"{moved['median']:.2f} mm (median; largest {moved['max']:.2f})"
         )
     return line
 

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import socket
+import statistics
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -147,11 +148,15 @@ def fallback_runs(records: list[dict]) -> list[tuple[int, int]]:
     return runs
 
 
-def start_corrections(records: list[dict]) -> list[float]:
-    """How far each registration started from the fast tracker's map moved the target's centre
-    from where that map put it (mm, ``start_correction_mm``), over the frames that have one."""
-    moved = (r.get("start_correction_mm") for r in records)
-    return [m for m in moved if m is not None and math.isfinite(m)]
+def start_corrections(records: list[dict]) -> dict | None:
+    """How far the registrations started from the fast tracker's map moved the target's centre
+    from where that map put it (``start_correction_mm``): ``frames``, ``median`` and ``max``
+    (mm) over the frames that have one; None when none has."""
+    moved = [r.get("start_correction_mm") for r in records]
+    moved = [m for m in moved if m is not None and math.isfinite(m)]
+    if not moved:
+        return None
+    return {"frames": len(moved), "median": statistics.median(moved), "max": max(moved)}
 
 
 # --------------------------------------------------------------------------- input fingerprints

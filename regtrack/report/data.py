@@ -500,7 +500,6 @@ def summary(run: RunData) -> dict[str, Any]:
     for r in records:
         if r.get("candidate"):
             candidates[r["candidate"]] = candidates.get(r["candidate"], 0) + 1
-    moved = start_corrections(records)
     schedules: dict[str, int] = {}
     for r in records:
         label = schedule_words(r.get("schedule"))
@@ -524,11 +523,7 @@ def summary(run: RunData) -> dict[str, Any]:
         "budget_ms": float(np.median(budget)) if budget else None,
         "schedules": schedules,
         "candidates": candidates,
-        "start_correction_mm": (
-            {"frames": len(moved), "median": float(np.median(moved)), "max": float(max(moved))}
-            if moved
-            else None
-        ),
+        "start_correction_mm": start_corrections(records),
         "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
         "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None,
         "ms_per_frame_max": float(ms.max()) if ms.size else None,

@@ -78,8 +78,8 @@ class ResultsDB:
                     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
                 )
         found = {r[1] for r in self.connection.execute("PRAGMA table_info(results)")}
-        # A table from before starts, read as it is: its rows are start 0.
-        self._start = "" if "start" in found else ", 0 AS start"
+        # What the queries read: a table from before starts, read as it is, has rows of start 0.
+        self._table = "results" if "start" in found else "(SELECT *, 0 AS start FROM results)"
 
     def _create_results(self) -> None:
         """The results table; one written before starts existed gets them (all 0) in its key."""
@@ -124,7 +124,7 @@ class ResultsDB:
 
     def rows(self, status: str | None = None) -> list[dict]:
         """All rows (optionally only one status), the setting parsed back into a dict."""
-        query, args = f"SELECT *{self._start} FROM results", ()
+        query, args = f"SELECT * FROM {self._table}", ()
         if status:
             query, args = query + " WHERE status = ?", (status,)
         query += f" ORDER BY {', '.join(_KEY)}"
@@ -136,8 +136,7 @@ class ResultsDB:
     def keys(self, statuses=("ok", "failed")) -> set[tuple[str, str, int, int]]:
         """Primary keys (case, setting id, repeat, start) of the rows with one of ``statuses``."""
         marks = ", ".join("?" * len(statuses))
-        key = ", ".join(_KEY) if not self._start else ", ".join(_KEY[:-1]) + self._start
-        query = f"SELECT {key} FROM results WHERE status IN ({marks})"
+        query = f"SELECT {', '.join(_KEY)} FROM {self._table} WHERE status IN ({marks})"
         return {tuple(r) for r in self.connection.execute(query, tuple(statuses))}
 
     def count(self) -> int:
